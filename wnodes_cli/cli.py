@@ -1,0 +1,207 @@
+"""The click layer: parse flags, call a command module, map errors to exit codes.
+
+Nothing here decides anything. ``main`` is the one place where exceptions
+become exit codes (see errors.ExitCode and docs/exit-codes.md). Imports of the
+core are deferred so that ``wnodes --version`` stays as cheap as possible: it
+is the yardstick of the cache-hit benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import click
+
+from wnodes_cli import __version__
+
+if TYPE_CHECKING:
+    from wnodes_cli.config import Config
+    from wnodes_cli.jobinfo import JobFacts
+
+
+@dataclass
+class Options:
+    config_path: str | None
+    verbose: int
+
+    def config(self) -> Config:
+        from wnodes_cli import config, log
+
+        cfg = config.load(self.config_path)
+        log.set_facility(cfg.syslog_facility)
+        return cfg
+
+
+pass_options = click.make_pass_decorator(Options)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    help="Longest wait for another process holding the image's lock (default: lock_timeout).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="wnodes")
+@click.option("--config", "config_path", metavar="PATH", help="Site config (default: $WNODES_CONFIG, else /etc/wnodes/wnodes.yaml).")
+@click.option("-v", "--verbose", count=True, help="More detail; repeat for debug output.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Run each batch job in its own VM, on an image the site chooses."""
+    from wnodes_cli import log
+
+    log.setup(verbose)
+    ctx.obj = Options(config_path, verbose)
+
+
+def job_options(f):  # type: ignore[no-untyped-def]
+    """The job's facts as flags; each wins over the LRMS environment."""
+    for opt in reversed(
+        [
+            click.option("--lrms", metavar="NAME", help="Read the job from this LRMS's environment (default: detect)."),
+            click.option("--job", "job_id", metavar="ID", help="Job id."),
+            click.option("--queue", metavar="NAME", help="Queue or partition."),
+            click.option("--uid", type=click.IntRange(min=0), help="Unix uid of the job's owner."),
+            click.option("--gid", type=click.IntRange(min=0), help="Unix gid of the job's owner."),
+            click.option("--user", metavar="NAME", help="User name of the job's owner."),
+            click.option("--group", metavar="NAME", help="Group name of the job's owner."),
+            click.option("--account", metavar="NAME", help="LRMS account (project, VO)."),
+            click.option("--host", metavar="NAME", help="This node's name, for hostgroup rules."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def facts_from(lrms: str | None, **flags: object) -> JobFacts:
+    from dataclasses import replace
+
+    from wnodes_cli.jobinfo import from_environment
+
+    facts = from_environment(dict(os.environ), lrms)
+    given = {k: v for k, v in flags.items() if v is not None}
+    return replace(facts, **given)
+
+
+@cli.command("select")
+@job_options
+@json_option
+@click.option("--explain", is_flag=True, help="Show every rule and why it did or did not match.")
+@pass_options
+def select_cmd(opts: Options, lrms: str | None, as_json: bool, explain: bool, **flags: object) -> None:
+    """Print the image the site's rules choose for the job."""
+    from wnodes_cli.commands import select
+
+    select.run(opts.config(), facts_from(lrms, **flags), as_json, explain)
+
+
+@cli.command("fetch")
+@click.argument("image")
+@timeout_option
+@json_option
+@pass_options
+def fetch_cmd(opts: Options, image: str, timeout: float | None, as_json: bool) -> None:
+    """Copy IMAGE's master into the local cache once; print the copy's path."""
+    from wnodes_cli.commands import fetch
+
+    fetch.run(opts.config(), image, timeout, as_json)
+
+
+@cli.command("invalidate")
+@click.argument("images", nargs=-1)
+@click.option("--all", "all_images", is_flag=True, help="Invalidate every configured image.")
+@timeout_option
+@json_option
+@pass_options
+def invalidate_cmd(opts: Options, images: tuple[str, ...], all_images: bool, timeout: float | None, as_json: bool) -> None:
+    """Make the next job fetch IMAGES afresh from their masters."""
+    from wnodes_cli.commands import invalidate
+
+    invalidate.run(opts.config(), list(images), all_images, timeout, as_json)
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Inspect and clean the local image cache."""
+
+
+@cache_group.command("list")
+@json_option
+@pass_options
+def cache_list_cmd(opts: Options, as_json: bool) -> None:
+    """List the cached versions, whether they are in use and when last used."""
+    from wnodes_cli.commands import cache
+
+    cache.list_(opts.config(), as_json)
+
+
+@cache_group.command("gc")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed.")
+@timeout_option
+@json_option
+@pass_options
+def cache_gc_cmd(opts: Options, dry_run: bool, timeout: float | None, as_json: bool) -> None:
+    """Remove unused superseded, invalidated and orphaned copies; enforce cache_max_bytes."""
+    from wnodes_cli.commands import cache
+
+    cache.gc(opts.config(), dry_run, timeout, as_json)
+
+
+@cli.command("exit-codes")
+@json_option
+def exit_codes_cmd(as_json: bool) -> None:
+    """Print the exit-code table (what an LRMS should do with each code)."""
+    from wnodes_cli.errors import EXIT_CLASS, ExitCode
+    from wnodes_cli.output import emit_json, table
+
+    rows = [(int(c), c.name, EXIT_CLASS[c]) for c in ExitCode]
+    if as_json:
+        emit_json([{"code": c, "name": n, "class": k} for c, n, k in rows])
+    else:
+        table(rows, ["code", "name", "class"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wnodes_cli.errors import ExitCode, WnodesError
+
+    try:
+        rv = cli.main(args=argv, prog_name="wnodes", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return int(ExitCode.USAGE)
+    except click.exceptions.Abort:
+        return 130
+    except WnodesError as exc:
+        return _report(exc)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say so, keep the traceback for the log
+        import logging
+
+        logging.getLogger("wnodes").debug("internal error", exc_info=True)
+        sys.stderr.write(f"wnodes: internal error: {type(exc).__name__}: {exc}; rerun with -vv and report it\n")
+        return int(ExitCode.SOFTWARE)
+
+
+def _report(exc: Exception) -> int:
+    import logging
+
+    from wnodes_cli.errors import ConfigError, WnodesError
+
+    assert isinstance(exc, WnodesError)
+    lines = exc.problems if isinstance(exc, ConfigError) else [exc.message]
+    logger = logging.getLogger("wnodes")
+    for line in lines:
+        sys.stderr.write(f"wnodes: error: {line}\n")
+        from wnodes_cli import log
+
+        if log.to_syslog():
+            logger.error("%s", line)
+    return int(exc.exit_code)
