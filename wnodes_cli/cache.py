@@ -134,7 +134,13 @@ class Removal:
     users: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
-        return {"image": self.image, "path": str(self.path), "reason": self.reason, "removed": self.removed, "users": self.users}
+        return {
+            "image": self.image,
+            "path": str(self.path),
+            "reason": self.reason,
+            "removed": self.removed,
+            "users": self.users,
+        }
 
 
 class ImageCache:
@@ -389,7 +395,9 @@ class ImageCache:
                 f"fix the symlink on shared storage or check the mount"
             ) from None
         except OSError as exc:
-            raise MasterUnavailable(f"master of image {img.name!r} ({img.master}) cannot be read: {exc.strerror}") from None
+            raise MasterUnavailable(
+                f"master of image {img.name!r} ({img.master}) cannot be read: {exc.strerror}"
+            ) from None
         return MasterVersion(target, st.st_size, st.st_mtime_ns)
 
     def _open_master(self, img: Image) -> tuple[int, MasterVersion]:
@@ -495,7 +503,9 @@ class ImageCache:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
         except OSError as exc:
-            raise CopyError(f"copy_command {argv[0]!r} cannot run: {exc.strerror}; fix copy_command in {self.config.path}") from None
+            raise CopyError(
+                f"copy_command {argv[0]!r} cannot run: {exc.strerror}; fix copy_command in {self.config.path}"
+            ) from None
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             if "No space left" in last:
@@ -544,7 +554,9 @@ class ImageCache:
             )
         if info.get("backing-filename"):
             # A master with a backing file would make a VM read a file the admin never listed.
-            raise CopyError(f"master {mv.target} of image {img.name!r} has a backing file; flatten it with qemu-img convert")
+            raise CopyError(
+                f"master {mv.target} of image {img.name!r} has a backing file; flatten it with qemu-img convert"
+            )
 
     def _set_current(self, image: str, path: Path) -> None:
         fsutil.atomic_symlink(path.name, self.image_dir(image) / CURRENT)
@@ -585,7 +597,13 @@ class ImageCache:
 
         if short() <= 0:
             return
-        for v in self._lru(exclude=image):
+        lru = self._lru(exclude=image)
+        users = self.users()
+        evictable = sum(fsutil.allocated_bytes(os.stat(v.path)) for v in lru if not self.users_of(v.path, users))
+        if short() > evictable:
+            # Evicting would not be enough: keep the other images' copies and fail now.
+            lru = []
+        for v in lru:
             if short() <= 0:
                 break
             with self.try_lock(v.image) as locked:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -35,17 +36,26 @@ class Options:
         return cfg
 
 
+F = TypeVar("F", bound=Callable[..., Any])
 pass_options = click.make_pass_decorator(Options)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 timeout_option = click.option(
-    "--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
     help="Longest wait for another process holding the image's lock (default: lock_timeout).",
 )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="wnodes")
-@click.option("--config", "config_path", metavar="PATH", help="Site config (default: $WNODES_CONFIG, else /etc/wnodes/wnodes.yaml).")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="Site config (default: $WNODES_CONFIG, else /etc/wnodes/wnodes.yaml).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail; repeat for debug output.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
@@ -56,7 +66,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     ctx.obj = Options(config_path, verbose)
 
 
-def job_options(f):  # type: ignore[no-untyped-def]
+def job_options(f: F) -> F:
     """The job's facts as flags; each wins over the LRMS environment."""
     for opt in reversed(
         [
@@ -75,13 +85,13 @@ def job_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def facts_from(lrms: str | None, **flags: object) -> JobFacts:
+def facts_from(lrms: str | None, **flags: str | int | None) -> JobFacts:
     from dataclasses import replace
 
     from wnodes_cli.jobinfo import from_environment
 
     facts = from_environment(dict(os.environ), lrms)
-    given = {k: v for k, v in flags.items() if v is not None}
+    given: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     return replace(facts, **given)
 
 
@@ -90,7 +100,7 @@ def facts_from(lrms: str | None, **flags: object) -> JobFacts:
 @json_option
 @click.option("--explain", is_flag=True, help="Show every rule and why it did or did not match.")
 @pass_options
-def select_cmd(opts: Options, lrms: str | None, as_json: bool, explain: bool, **flags: object) -> None:
+def select_cmd(opts: Options, /, lrms: str | None, as_json: bool, explain: bool, **flags: str | int | None) -> None:
     """Print the image the site's rules choose for the job."""
     from wnodes_cli.commands import select
 
@@ -115,7 +125,9 @@ def fetch_cmd(opts: Options, image: str, timeout: float | None, as_json: bool) -
 @timeout_option
 @json_option
 @pass_options
-def invalidate_cmd(opts: Options, images: tuple[str, ...], all_images: bool, timeout: float | None, as_json: bool) -> None:
+def invalidate_cmd(
+    opts: Options, images: tuple[str, ...], all_images: bool, timeout: float | None, as_json: bool
+) -> None:
     """Make the next job fetch IMAGES afresh from their masters."""
     from wnodes_cli.commands import invalidate
 

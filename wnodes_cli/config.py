@@ -115,9 +115,7 @@ class Config:
             return self.images[name]
         except KeyError:
             known = ", ".join(sorted(self.images)) or "none"
-            raise JobError(
-                f"image {show(name)} is not configured (known: {known}) in {self.path}"
-            ) from None
+            raise JobError(f"image {show(name)} is not configured (known: {known}) in {self.path}") from None
 
 
 def config_path(explicit: str | None) -> Path:
@@ -150,14 +148,11 @@ def _read_safely(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(
-            f"config file {path} does not exist; create it (see examples/wnodes.yaml) "
-            f"or pass --config / ${ENV_VAR}"
+            f"config file {path} does not exist; create it (see examples/wnodes.yaml) or pass --config / ${ENV_VAR}"
         ) from None
     except OSError as exc:
         if exc.errno == 40:  # ELOOP: the file is a symlink
-            raise ConfigError(
-                f"config file {path} is a symlink; point --config at the real file"
-            ) from None
+            raise ConfigError(f"config file {path} is a symlink; point --config at the real file") from None
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
@@ -181,14 +176,10 @@ def _check_owner(path: Path, st: os.stat_result, what: str) -> None:
         raise ConfigError(f"{what} {path} is not a regular file")
     if st.st_mode & 0o022:
         raise ConfigError(
-            f"{what} {path} is writable by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}); chmod go-w {path}"
+            f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); chmod go-w {path}"
         )
     if st.st_uid not in (0, os.geteuid()):
-        raise ConfigError(
-            f"{what} {path} is owned by uid {st.st_uid}, not root or the current user; "
-            f"chown root {path}"
-        )
+        raise ConfigError(f"{what} {path} is owned by uid {st.st_uid}, not root or the current user; chown root {path}")
 
 
 def parse_size(value: object) -> int | None:
@@ -209,20 +200,22 @@ def parse_size(value: object) -> int | None:
 class _Validator:
     """Turns the parsed YAML into a Config, collecting every problem it finds."""
 
-    TOP_KEYS = {
-        "cache_dir",
-        "copy_command",
-        "cache_max_bytes",
-        "lock_timeout",
-        "images",
-        "rules",
-        "default_image",
-        "hostgroups",
-        "syslog_facility",
-    }
-    IMAGE_KEYS = {"master", "format", "refresh"}
-    RULE_KEYS = {"match", "image", "image_from_env", "allow"}
-    MATCH_KEYS = set(STRING_FACTS) | set(INT_FACTS) | {"hostgroup", "env"}
+    TOP_KEYS = frozenset(
+        {
+            "cache_dir",
+            "copy_command",
+            "cache_max_bytes",
+            "lock_timeout",
+            "images",
+            "rules",
+            "default_image",
+            "hostgroups",
+            "syslog_facility",
+        }
+    )
+    IMAGE_KEYS = frozenset({"master", "format", "refresh"})
+    RULE_KEYS = frozenset({"match", "image", "image_from_env", "allow"})
+    MATCH_KEYS = frozenset(STRING_FACTS) | frozenset(INT_FACTS) | {"hostgroup", "env"}
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -231,7 +224,7 @@ class _Validator:
     def bad(self, key: str, message: str) -> None:
         self.problems.append(f"{self.path}: {key}: {message}")
 
-    def mapping(self, value: object, key: str, known: set[str]) -> dict[str, Any]:
+    def mapping(self, value: object, key: str, known: frozenset[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
             self.bad(key, f"wanted a mapping, got {_kind(value)}")
             return {}
@@ -292,12 +285,8 @@ class _Validator:
     def copy_command(self, value: object) -> tuple[str, ...] | None:
         if value is None:
             return None
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(v, str) and "\0" not in v for v in value)
-        ):
-            self.bad("copy_command", "wanted a list of strings, e.g. [cp, \"{src}\", \"{dst}\"]")
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and "\0" not in v for v in value):
+            self.bad("copy_command", 'wanted a list of strings, e.g. [cp, "{src}", "{dst}"]')
             return None
         joined = " ".join(value)
         if "{src}" not in joined or "{dst}" not in joined:
@@ -334,7 +323,7 @@ class _Validator:
             if not isinstance(name, str) or not NAME_RE.match(name):
                 self.bad(key, "group names are letters, digits, '.', '_' and '-'")
             elif not isinstance(nodeset, str) or not nodeset.strip():
-                self.bad(key, f"wanted a nodeset such as \"wn[01-20]\", got {_kind(nodeset)}")
+                self.bad(key, f'wanted a nodeset such as "wn[01-20]", got {_kind(nodeset)}')
             elif (err := _nodeset_error(nodeset)) is not None:
                 self.bad(key, f"not a valid nodeset: {err}")
             else:
@@ -426,7 +415,10 @@ class _Validator:
             names = _as_list(fields["hostgroup"])
             for n in names:
                 if n not in groups:
-                    self.bad(f"{key}.hostgroup", f"{n!r} is not defined under hostgroups (known: {', '.join(groups) or 'none'})")
+                    self.bad(
+                        f"{key}.hostgroup",
+                        f"{n!r} is not defined under hostgroups (known: {', '.join(groups) or 'none'})",
+                    )
             hostgroups = tuple(n for n in names if n in groups)
         env: dict[str, StrPattern] = {}
         if "env" in fields:
@@ -465,7 +457,7 @@ class _Validator:
             low, high = int(m.group(1)), int(m.group(2))
             if low <= high:
                 return IntRange(low, high)
-        self.bad(key, f"wanted a number >= 0 or a range such as \"1000-1999\", got {_kind(value)}")
+        self.bad(key, f'wanted a number >= 0 or a range such as "1000-1999", got {_kind(value)}')
         return None
 
 

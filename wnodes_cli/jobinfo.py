@@ -107,7 +107,5 @@ def from_environment(env: Mapping[str, str], lrms: str | None = None) -> JobFact
     try:
         adapter = ADAPTERS[name]
     except KeyError:
-        raise UsageError(
-            f"unknown LRMS {name!r}; use one of: {', '.join(sorted(ADAPTERS))}"
-        ) from None
+        raise UsageError(f"unknown LRMS {name!r}; use one of: {', '.join(sorted(ADAPTERS))}") from None
     return adapter(env)

@@ -42,5 +42,11 @@ def gc(config: Config, dry_run: bool, timeout: float | None, as_json: bool) -> l
         sys.stdout.write("nothing to clean\n")
     else:
         verb = "would remove" if dry_run else "removed"
-        table([[verb if (r.removed or dry_run) and not r.users else "kept", r.image, r.path.name, r.reason] for r in done], ["action", "image", "file", "why"])
+        table(
+            [
+                [verb if (r.removed or dry_run) and not r.users else "kept", r.image, r.path.name, r.reason]
+                for r in done
+            ],
+            ["action", "image", "file", "why"],
+        )
     return done

@@ -31,5 +31,8 @@ def run(config: Config, images: list[str], all_images: bool, timeout: float | No
                 f"({len(removed)} removed, {len(kept)} kept while in use)\n"
             )
         if any(not r.removed for r in done):
-            table([[r.image, r.path.name, ", ".join(r.users)] for r in done if not r.removed], ["image", "kept", "in use by"])
+            table(
+                [[r.image, r.path.name, ", ".join(r.users)] for r in done if not r.removed],
+                ["image", "kept", "in use by"],
+            )
     return done
