@@ -28,16 +28,13 @@ Rules that keep it correct under concurrency and crashes:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wnodes_cli import fsutil
 from wnodes_cli.config import Config, Image
@@ -61,8 +58,7 @@ META = ".json"
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
-@dataclass(frozen=True)
-class MasterVersion:
+class MasterVersion(NamedTuple):
     """A master's identity: its resolved target, size and mtime."""
 
     target: str
@@ -71,6 +67,8 @@ class MasterVersion:
 
     @property
     def key(self) -> str:
+        import hashlib
+
         digest = hashlib.sha256(f"{self.target}\0{self.size}\0{self.mtime_ns}".encode())
         return digest.hexdigest()[:12]
 
@@ -79,8 +77,7 @@ class MasterVersion:
         return f"{os.path.basename(self.target)}@{self.key}"
 
 
-@dataclass(frozen=True)
-class CachedVersion:
+class CachedVersion(NamedTuple):
     image: str
     path: Path
     meta: dict[str, Any]
@@ -103,8 +100,7 @@ class CachedVersion:
         return bool(self.meta.get("invalidated"))
 
 
-@dataclass
-class FetchResult:
+class FetchResult(NamedTuple):
     image: str
     version: str
     path: Path
@@ -125,13 +121,12 @@ class FetchResult:
         }
 
 
-@dataclass
-class Removal:
+class Removal(NamedTuple):
     image: str
     path: Path
     reason: str
     removed: bool  # False in a dry run or when kept
-    users: list[str] = field(default_factory=list)
+    users: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -232,7 +227,7 @@ class ImageCache:
             with contextlib.suppress(OSError):
                 fsutil.atomic_write_json(
                     owner,
-                    {"pid": os.getpid(), "host": socket.gethostname(), "action": action, "since": time.time()},
+                    {"pid": os.getpid(), "host": os.uname().nodename, "action": action, "since": time.time()},
                 )
             yield waited
         finally:
@@ -536,6 +531,8 @@ class ImageCache:
             raise CopyError(f"copy of image {img.name!r} has {got} bytes, master has {mv.size}; check copy_command")
         if expected is not None:
             # Hash what landed in the cache, not the stream: this checks the copy itself.
+            import hashlib
+
             with open(tmp, "rb") as fh:
                 digest = hashlib.file_digest(fh, "sha256").hexdigest()
             if digest != expected:
@@ -637,7 +634,7 @@ class ImageCache:
         users = self.users_of(v.path)
         if users:
             log.info("keeping %s of image %s: in use by %s", v.version, v.image, ", ".join(users))
-            return Removal(v.image, v.path, f"kept: in use ({reason})", False, users)
+            return Removal(v.image, v.path, f"kept: in use ({reason})", False, tuple(users))
         cur = self.current(v.image)
         if cur is not None and cur.path == v.path:
             fsutil.remove_quietly(self.image_dir(v.image) / CURRENT)
@@ -660,7 +657,7 @@ class ImageCache:
                 if who:
                     if not v.invalidated:
                         fsutil.atomic_write_json(v.meta_path, {**v.meta, "invalidated": True})
-                    out.append(Removal(image, v.path, "invalidated; kept while in use", False, who))
+                    out.append(Removal(image, v.path, "invalidated; kept while in use", False, tuple(who)))
                 else:
                     fsutil.remove_quietly(v.path, v.meta_path)
                     out.append(Removal(image, v.path, "invalidated", True))
@@ -689,7 +686,7 @@ class ImageCache:
                         continue
                     who = self.users_of(v.path, users)
                     if who:
-                        out.append(Removal(image, v.path, f"kept: in use ({reason})", False, who))
+                        out.append(Removal(image, v.path, f"kept: in use ({reason})", False, tuple(who)))
                     elif dry_run:
                         out.append(Removal(image, v.path, reason, False))
                     else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -23,10 +22,10 @@ if TYPE_CHECKING:
     from wnodes_cli.jobinfo import JobFacts
 
 
-@dataclass
 class Options:
-    config_path: str | None
-    verbose: int
+    def __init__(self, config_path: str | None, verbose: int) -> None:
+        self.config_path = config_path
+        self.verbose = verbose
 
     def config(self) -> Config:
         from wnodes_cli import config, log
@@ -86,13 +85,11 @@ def job_options(f: F) -> F:
 
 
 def facts_from(lrms: str | None, **flags: str | int | None) -> JobFacts:
-    from dataclasses import replace
-
     from wnodes_cli.jobinfo import from_environment
 
     facts = from_environment(dict(os.environ), lrms)
     given: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    return replace(facts, **given)
+    return facts._replace(**given)
 
 
 @cli.command("select")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 from wnodes_cli.errors import ConfigError
 
@@ -27,15 +28,23 @@ SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE
 PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 RANGE_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
+#: Value types are NamedTuples, not dataclasses: building a dataclass costs
+#: ~1 ms at import, and every prolog imports these (see the hit benchmark).
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
 Format = Literal["qcow2", "raw"]
 Refresh = Literal["never", "on-change"]
+
+FACILITIES = frozenset(
+    "auth authpriv cron daemon ftp kern lpr mail news syslog user uucp".split()
+    + [f"local{i}" for i in range(8)]
+)
 
 STRING_FACTS = ("queue", "user", "group", "account", "host", "feature")
 INT_FACTS = ("uid", "gid")
 
 
-@dataclass(frozen=True)
-class StrPattern:
+class StrPattern(NamedTuple):
     """A glob (``cms*``) or, with the ``re:`` prefix, a full-match regex."""
 
     text: str
@@ -45,8 +54,7 @@ class StrPattern:
         return self.regex.fullmatch(value) is not None
 
 
-@dataclass(frozen=True)
-class IntRange:
+class IntRange(NamedTuple):
     low: int
     high: int
 
@@ -57,33 +65,29 @@ class IntRange:
         return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
 
-@dataclass(frozen=True)
-class Match:
-    strings: dict[str, tuple[StrPattern, ...]] = field(default_factory=dict)
-    ints: dict[str, tuple[IntRange, ...]] = field(default_factory=dict)
+class Match(NamedTuple):
+    strings: Mapping[str, tuple[StrPattern, ...]] = EMPTY
+    ints: Mapping[str, tuple[IntRange, ...]] = EMPTY
     hostgroups: tuple[str, ...] = ()
-    env: dict[str, StrPattern] = field(default_factory=dict)
+    env: Mapping[str, StrPattern] = EMPTY
 
 
-@dataclass(frozen=True)
-class Rule:
-    index: int  # 1-based, as an admin counts the list
+class Rule(NamedTuple):
+    number: int  # 1-based, as an admin counts the list
     match: Match
     image: str | None
     image_from_env: str | None
     allow: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     name: str
     master: Path
     format: Format
     refresh: Refresh
 
 
-@dataclass(frozen=True)
-class CacheLimit:
+class CacheLimit(NamedTuple):
     bytes: int | None = None
     percent: float | None = None
 
@@ -95,8 +99,7 @@ class CacheLimit:
         return None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     path: Path
     cache_dir: Path
     copy_command: tuple[str, ...] | None
@@ -125,17 +128,79 @@ def config_path(explicit: str | None) -> Path:
 def load(explicit: str | None = None) -> Config:
     path = config_path(explicit)
     text = _read_safely(path)
+    data = _parsed_cache_get(path, text)
+    if data is not None:
+        # Exactly this text validated before: skip re-checking nodesets (ClusterShell).
+        return _Validator(path, trusted=True).config(data)
+    data = _parse_yaml(path, text)
+    config = _Validator(path).config(data)
+    _parsed_cache_put(path, text, data)
+    return config
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
     import yaml  # deferred: `wnodes --version` must not pay for it
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
-    return _Validator(path).config(data)
+
+
+#: Parsed configs, keyed by path and checked against the full text. Every
+#: prolog loads the config, and importing and running a YAML parser is the
+#: largest cost of a cache hit; a JSON copy of the parsed data costs a tenth.
+#: Root-only tmpfs: it is recreated after a reboot and never shared.
+PARSED_CACHE_DIR = Path(os.environ.get("WNODES_RUN_DIR", "/run/wnodes"))
+
+
+def _parsed_cache_file(path: Path) -> Path:
+    name = str(path.absolute()).replace("%", "%25").replace("/", "%2F")
+    return PARSED_CACHE_DIR / f"config-{name[-200:]}.json"
+
+
+def _parsed_cache_get(path: Path, text: str) -> Any | None:
+    import json
+
+    try:
+        fd = os.open(_parsed_cache_file(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None  # not written by us: ignore it
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            entry = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(entry, dict) or entry.get("text") != text:
+        return None
+    return entry.get("data")
+
+
+def _parsed_cache_put(path: Path, text: str, data: Any) -> None:
+    import json
+
+    from wnodes_cli import fsutil
+
+    try:
+        # Only data that JSON keeps exactly (YAML allows int keys, dates...).
+        if json.loads(json.dumps(data)) != data:
+            return
+        os.makedirs(PARSED_CACHE_DIR, mode=0o700, exist_ok=True)
+        st = os.lstat(PARSED_CACHE_DIR)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return
+        fsutil.atomic_write_bytes(_parsed_cache_file(path), json.dumps({"text": text, "data": data}).encode(), 0o600)
+    except (OSError, TypeError, ValueError):
+        return  # a cache: never a reason to fail
 
 
 def _read_safely(path: Path) -> str:
@@ -217,8 +282,9 @@ class _Validator:
     RULE_KEYS = frozenset({"match", "image", "image_from_env", "allow"})
     MATCH_KEYS = frozenset(STRING_FACTS) | frozenset(INT_FACTS) | {"hostgroup", "env"}
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, trusted: bool = False) -> None:
         self.path = path
+        self.trusted = trusted
         self.problems: list[str] = []
 
     def bad(self, key: str, message: str) -> None:
@@ -275,9 +341,7 @@ class _Validator:
         return float(value)
 
     def facility(self, value: object) -> str:
-        from logging.handlers import SysLogHandler
-
-        if not isinstance(value, str) or value not in SysLogHandler.facility_names:
+        if not isinstance(value, str) or value not in FACILITIES:
             self.bad("syslog_facility", "wanted a syslog facility such as daemon or local0")
             return "daemon"
         return value
@@ -324,7 +388,7 @@ class _Validator:
                 self.bad(key, "group names are letters, digits, '.', '_' and '-'")
             elif not isinstance(nodeset, str) or not nodeset.strip():
                 self.bad(key, f'wanted a nodeset such as "wn[01-20]", got {_kind(nodeset)}')
-            elif (err := _nodeset_error(nodeset)) is not None:
+            elif not self.trusted and (err := _nodeset_error(nodeset)) is not None:
                 self.bad(key, f"not a valid nodeset: {err}")
             else:
                 out[name] = nodeset
@@ -395,7 +459,7 @@ class _Validator:
             elif "allow" in fields:
                 self.bad(f"{key}.allow", "allow only goes with image_from_env")
                 continue
-            out.append(Rule(index=i, match=match, image=image, image_from_env=from_env, allow=allow))
+            out.append(Rule(number=i, match=match, image=image, image_from_env=from_env, allow=allow))
         return tuple(out)
 
     def match(self, value: object, key: str, groups: dict[str, str]) -> Match:

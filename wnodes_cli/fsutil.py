@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ def clean_path_on_failure(path: Path) -> Iterator[None]:
 
 
 def adjacent_tmp(directory: Path, suffix: str = "") -> tuple[int, Path]:
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=directory)
     return fd, Path(name)
 

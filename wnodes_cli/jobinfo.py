@@ -13,16 +13,15 @@ from __future__ import annotations
 import grp
 import pwd
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from types import MappingProxyType
+from typing import NamedTuple, TypeVar
 
 from wnodes_cli.errors import UsageError
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class JobFacts:
+class JobFacts(NamedTuple):
     job_id: str | None = None
     queue: str | None = None
     uid: int | None = None
@@ -32,19 +31,19 @@ class JobFacts:
     account: str | None = None
     host: str | None = None
     features: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = MappingProxyType({})
 
     def with_names(self) -> JobFacts:
         """Fill user/group names from uid/gid (and back) through NSS when missing."""
         facts = self
         if facts.user is None and facts.uid is not None:
-            facts = replace(facts, user=_lookup(lambda: pwd.getpwuid(facts.uid or 0).pw_name))
+            facts = facts._replace(user=_lookup(lambda: pwd.getpwuid(facts.uid or 0).pw_name))
         if facts.uid is None and facts.user:
-            facts = replace(facts, uid=_lookup(lambda: pwd.getpwnam(facts.user or "").pw_uid))
+            facts = facts._replace(uid=_lookup(lambda: pwd.getpwnam(facts.user or "").pw_uid))
         if facts.group is None and facts.gid is not None:
-            facts = replace(facts, group=_lookup(lambda: grp.getgrgid(facts.gid or 0).gr_name))
+            facts = facts._replace(group=_lookup(lambda: grp.getgrgid(facts.gid or 0).gr_name))
         if facts.gid is None and facts.group:
-            facts = replace(facts, gid=_lookup(lambda: grp.getgrnam(facts.group or "").gr_gid))
+            facts = facts._replace(gid=_lookup(lambda: grp.getgrnam(facts.group or "").gr_gid))
         return facts
 
 

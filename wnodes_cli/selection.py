@@ -9,22 +9,20 @@ as a name itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from wnodes_cli.config import Config, Match, Rule
 from wnodes_cli.errors import JobError, show
 from wnodes_cli.jobinfo import JobFacts
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     rule: Rule | None
     matched: bool
     reason: str
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     image: str
     rule: int | str  # 1-based rule index, or "default"
     reason: str
@@ -88,7 +86,7 @@ def _from_env(rule: Rule, facts: JobFacts) -> str:
             return allowed
     raise JobError(
         f"image {show(asked)} requested through ${rule.image_from_env} is not allowed "
-        f"by rule {rule.index} (allowed: {', '.join(rule.allow)}); ask the site to add it"
+        f"by rule {rule.number} (allowed: {', '.join(rule.allow)}); ask the site to add it"
     )
 
 
@@ -103,7 +101,7 @@ def select(config: Config, facts: JobFacts, explain: bool = False) -> Selection:
         if matched and chosen is None:
             image = rule.image if rule.image is not None else _from_env(rule, facts)
             source = f" (from ${rule.image_from_env})" if rule.image_from_env else ""
-            chosen = Selection(image, rule.index, f"rule {rule.index}: {why}{source}", ())
+            chosen = Selection(image, rule.number, f"rule {rule.number}: {why}{source}", ())
             if not explain:
                 break
     if chosen is None and config.default_image is not None:

@@ -13,7 +13,7 @@ from wnodes_cli.selection import Selection, select
 def run(config: Config, facts: JobFacts, as_json: bool, explain: bool) -> Selection:
     chosen = select(config, facts, explain=explain)
     if explain:
-        rows = [[v.rule.index if v.rule else "-", "match" if v.matched else "no", v.reason] for v in chosen.verdicts]
+        rows = [[v.rule.number if v.rule else "-", "match" if v.matched else "no", v.reason] for v in chosen.verdicts]
         rows.append(["default", "match" if chosen.rule == "default" else "-", config.default_image or "(none)"])
         # With --json, stdout is for the script: the explanation goes to stderr.
         table(rows, ["rule", "result", "why"], file=sys.stderr if as_json else sys.stdout)

@@ -1,0 +1,225 @@
+"""wnodes benchmarks: each result is a ratio against the physical floor, measured in the same run.
+
+    .venv/bin/python bench/run.py [--only NAME ...] [--repeat N] [--dir DIR] [--json FILE]
+
+Benchmarks (see docs/performance.md for targets and the latest figures):
+
+* cold_dense   cold fetch of a 1 GiB dense image vs `cp` (and vs `cp` + fsync)
+* sparse       cold fetch of a 4 GiB raw image holding 64 MiB vs `cp --sparse=always`
+* concurrent   16 concurrent cold fetches of one image vs one cold fetch
+* hit          a cache hit vs `wnodes --version`
+
+Runs are interleaved (floor, wnodes, floor, wnodes, ...) and the median is
+taken, so that a noisy disk hurts both sides alike. Work files go under
+--dir (default /var/tmp/wnodes-bench), which must be on a local disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MiB = 1 << 20
+GiB = 1 << 30
+WNODES = [sys.executable, "-m", "wnodes_cli"]
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def sync_disk() -> None:
+    """Let earlier writes drain so that one run's writeback is not billed to the next."""
+    os.sync()
+    time.sleep(0.5)
+
+
+class Bench:
+    def __init__(self, root: Path, repeat: int) -> None:
+        self.root = root
+        self.repeat = repeat
+        self.shared = root / "shared"
+        self.cache = root / "cache"
+        self.etc = root / "etc"
+        for d in (self.shared, self.etc):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
+        os.chmod(self.etc, 0o755)
+        self.config = self.etc / "wnodes.yaml"
+        self.env = {**os.environ, "WNODES_CONFIG": str(self.config), "WNODES_LOG": "stderr"}
+        self.images: dict[str, str] = {}
+
+    def master(self, name: str, size: int, make: Callable[[Path], None]) -> Path:
+        target = self.shared / f"{name}-v1.raw"
+        if not target.exists() or target.stat().st_size != size:
+            make(target)
+        link = self.shared / f"{name}.raw"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target.name)
+        self.images[name] = str(link)
+        self.write_config()
+        return target
+
+    def write_config(self) -> None:
+        lines = [f"cache_dir: {self.cache}", "hostgroups: {gpu: 'wn-gpu[01-20]'}", "images:"]
+        lines += [f"  {n}: {{master: {m}, format: raw}}" for n, m in self.images.items()]
+        lines += ["rules:", "  - {match: {hostgroup: gpu}, image: %s}" % next(iter(self.images))]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o644)
+
+    def fetch(self, image: str) -> dict[str, object]:
+        out = subprocess.run([*WNODES, "fetch", image, "--json"], env=self.env, check=True, capture_output=True, text=True)
+        result: dict[str, object] = json.loads(out.stdout)
+        return result
+
+    def invalidate(self, image: str) -> None:
+        subprocess.run([*WNODES, "invalidate", image], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def cold_dense(self) -> dict[str, object]:
+        src = self.master("dense", GiB, make_dense)
+        dst = self.root / "cp.out"
+        cp, cp_sync, ours = [], [], []
+        for _ in range(self.repeat):
+            self.invalidate("dense")
+            dst.unlink(missing_ok=True)
+            sync_disk()
+            cp.append(timed(["cp", str(src), str(dst)]))
+            dst.unlink()
+            sync_disk()
+            cp_sync.append(timed(["sh", "-c", f"cp {src} {dst} && sync {dst}"]))
+            dst.unlink()
+            sync_disk()
+            ours.append(timed([*WNODES, "fetch", "dense"], env=self.env))
+        m_cp, m_sync, m_ours = map(statistics.median, (cp, cp_sync, ours))
+        return {
+            "cp_s": m_cp,
+            "cp_fsync_s": m_sync,
+            "wnodes_s": m_ours,
+            "ratio_vs_cp": m_ours / m_cp,
+            "ratio_vs_cp_fsync": m_ours / m_sync,
+            "target": "<= 1.05 x cp",
+        }
+
+    def sparse(self) -> dict[str, object]:
+        src = self.master("sparse", 4 * GiB, make_sparse)
+        dst = self.root / "cp.out"
+        cp, ours = [], []
+        cp_disk = our_disk = 0
+        for _ in range(self.repeat):
+            self.invalidate("sparse")
+            dst.unlink(missing_ok=True)
+            sync_disk()
+            cp.append(timed(["cp", "--sparse=always", str(src), str(dst)]))
+            cp_disk = dst.stat().st_blocks * 512
+            sync_disk()
+            ours.append(timed([*WNODES, "fetch", "sparse"], env=self.env))
+            our_disk = Path(str(self.fetch("sparse")["path"])).stat().st_blocks * 512
+        data = 64 * MiB
+        m_cp, m_ours = statistics.median(cp), statistics.median(ours)
+        return {
+            "cp_sparse_s": m_cp,
+            "wnodes_s": m_ours,
+            "ratio_vs_cp_sparse": m_ours / m_cp,
+            "disk_bytes": our_disk,
+            "cp_disk_bytes": cp_disk,
+            "disk_vs_data": our_disk / data,
+            "target": "<= 1.5 x cp --sparse=always, disk <= 1.1 x data",
+        }
+
+    def concurrent(self) -> dict[str, object]:
+        self.master("dense", GiB, make_dense)
+        one, many, reads = [], [], []
+        for _ in range(self.repeat):
+            self.invalidate("dense")
+            sync_disk()
+            one.append(timed([*WNODES, "fetch", "dense"], env=self.env))
+            self.invalidate("dense")
+            sync_disk()
+            start = time.perf_counter()
+            procs = [
+                subprocess.Popen([*WNODES, "fetch", "dense", "--json"], env=self.env, stdout=subprocess.PIPE, text=True)
+                for _ in range(16)
+            ]
+            outs = [json.loads(p.communicate()[0]) for p in procs]
+            many.append(time.perf_counter() - start)
+            reads.append(sum(int(o["bytes_copied"]) for o in outs) / GiB)
+        m_one, m_many = statistics.median(one), statistics.median(many)
+        return {
+            "one_cold_s": m_one,
+            "sixteen_s": m_many,
+            "ratio": m_many / m_one,
+            "master_reads": max(reads),
+            "target": "<= 1.2 x one cold fetch, master read once",
+        }
+
+    def hit(self) -> dict[str, object]:
+        self.master("small", 16 * MiB, lambda p: make_dense(p, 16 * MiB))
+        self.fetch("small")
+        version, hits = [], []
+        for _ in range(max(self.repeat, 1) * 10):
+            version.append(timed([*WNODES, "--version"], env=self.env))
+            hits.append(timed([*WNODES, "fetch", "small"], env=self.env))
+        m_v, m_h = statistics.median(version), statistics.median(hits)
+        return {"version_s": m_v, "hit_s": m_h, "ratio": m_h / m_v, "target": "<= 1.3 x wnodes --version"}
+
+
+def make_dense(path: Path, size: int = GiB) -> None:
+    rng = random.Random(1)
+    block = rng.randbytes(4 * MiB)
+    with open(path, "wb") as fh:
+        for i in range(size // (4 * MiB)):
+            fh.write(block[i % 7 :] + block[: i % 7])
+
+
+def make_sparse(path: Path) -> None:
+    rng = random.Random(2)
+    with open(path, "wb") as fh:
+        fh.truncate(4 * GiB)
+        for _ in range(64):
+            fh.seek(rng.randrange(0, 4 * GiB // MiB) * MiB)
+            fh.write(rng.randbytes(MiB))
+
+
+ALL = ["cold_dense", "sparse", "concurrent", "hit"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=ALL, default=ALL)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=Path("/var/tmp/wnodes-bench"))
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    # Measure the package as installed: pip byte-compiles it (an editable
+    # install under PYTHONDONTWRITEBYTECODE would recompile every run).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(__file__).parent.parent / "wnodes_cli")], check=True)
+    bench = Bench(args.dir, args.repeat)
+    results: dict[str, dict[str, object]] = {}
+    for name in args.only:
+        results[name] = getattr(bench, name)()
+        print(f"{name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in results[name].items()), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    shutil.rmtree(args.dir / "cache", ignore_errors=True)
+    return 0
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
