@@ -451,3 +451,16 @@ def test_cache_list_human_output(site: Site) -> None:
     assert out[0].split()[:3] == ["image", "version", "state"]
     assert out[1].split()[0] == "sl7" and "current" in out[1]
     assert shutil.which("qemu-img")
+
+
+@pytest.mark.parametrize("fmt", ["qed", "vmdk", "vdi", "vpc", "vhdx", "qcow2"])
+def test_other_formats_posing_as_raw_are_refused(site: Site, fmt: str) -> None:
+    """The in-process probe must recognise what the real qemu-img writes."""
+    target = site.shared / f"sl7-v1.{fmt}"
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(target), "4M"], check=True)
+    link = site.shared / "sl7.img"
+    link.symlink_to(target.name)
+    site.images["sl7"] = {"master": str(link), "format": "raw"}
+    site.write_config()
+    r = site.run("fetch", "sl7")
+    assert r.code == 74 and f"is {fmt}, but the config says raw" in r.err

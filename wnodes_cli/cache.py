@@ -28,6 +28,7 @@ Rules that keep it correct under concurrency and crashes:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import stat
@@ -202,8 +203,11 @@ class ImageCache:
         )
 
     @contextlib.contextmanager
-    def lock(self, image: str, action: str, timeout: float | None = None) -> Iterator[float]:
-        """Hold the image's lock; yields the seconds spent waiting for it."""
+    def lock(self, image: str, action: str | None = None, timeout: float | None = None) -> Iterator[float]:
+        """Hold the image's lock; yields the seconds spent waiting for it.
+
+        ``action`` is noted for waiters at once; a fetch notes it only once it
+        knows it must copy (most holders are waiters passing through)."""
         from filelock import Timeout
 
         self.ensure_layout()
@@ -222,17 +226,25 @@ class ImageCache:
                     f"retry later or raise --timeout"
                 ) from None
         waited = time.monotonic() - start
-        owner = self.locks_dir / f"{image}.owner"
+        if action:
+            self.note_owner(image, action)
         try:
-            with contextlib.suppress(OSError):
-                fsutil.atomic_write_json(
-                    owner,
-                    {"pid": os.getpid(), "host": os.uname().nodename, "action": action, "since": time.time()},
-                )
             yield waited
         finally:
-            fsutil.remove_quietly(owner)
+            fsutil.remove_quietly(self.locks_dir / f"{image}.owner")
             lk.release()
+
+    def note_owner(self, image: str, action: str) -> None:
+        """Say who holds the lock, for the "waiting for ..." line of others.
+
+        Written only before long work, and not fsynced: it is a hint, and a
+        waiter that passes the lock through in microseconds must not pay two
+        fsyncs for it.
+        """
+        with contextlib.suppress(OSError):
+            (self.locks_dir / f"{image}.owner").write_text(
+                json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "action": action, "since": time.time()})
+            )
 
     @contextlib.contextmanager
     def try_lock(self, image: str) -> Iterator[bool]:
@@ -369,12 +381,13 @@ class ImageCache:
         v = self.lookup(img)
         if v is not None:
             return FetchResult(image, v.version, v.path, hit=True, seconds=time.monotonic() - start)
-        with self.lock(image, "fetch") as waited:
+        with self.lock(image) as waited:
             # Check again: another process may have completed this work while we waited.
             v = self.lookup(img)
             if v is not None:
                 log.info("image %s: %s was fetched by another process", image, v.version)
                 return FetchResult(image, v.version, v.path, True, 0, time.monotonic() - start, waited)
+            self.note_owner(image, "fetch (copying)")
             path, copied = self._fetch_locked(img)
             v = self.current(image)
             assert v is not None and v.path == path
@@ -540,20 +553,18 @@ class ImageCache:
                     f"copy of image {img.name!r} has sha256 {digest[:16]}..., "
                     f"{mv.target}.sha256 says {expected[:16]}...; the master or its checksum is corrupt"
                 )
-        from wnodes_cli.tools import image_info
+        from wnodes_cli.tools import probe
 
-        info = image_info(tmp)
-        fmt = info.get("format")
-        if fmt != img.format:
+        found = probe(tmp)
+        if found.format != img.format:
             raise CopyError(
-                f"master {mv.target} of image {img.name!r} is {fmt}, but the config says {img.format}; "
+                f"master {mv.target} of image {img.name!r} is {found.format}, but the config says {img.format}; "
                 f"fix images.{img.name}.format in {self.config.path}"
             )
-        if info.get("backing-filename"):
-            # A master with a backing file would make a VM read a file the admin never listed.
-            raise CopyError(
-                f"master {mv.target} of image {img.name!r} has a backing file; flatten it with qemu-img convert"
-            )
+        if found.backing or found.external_data:
+            # Such a master would make a VM read a file the admin never listed.
+            what = "a backing file" if found.backing else "an external data file"
+            raise CopyError(f"master {mv.target} of image {img.name!r} has {what}; flatten it with qemu-img convert")
 
     def _set_current(self, image: str, path: Path) -> None:
         fsutil.atomic_symlink(path.name, self.image_dir(image) / CURRENT)

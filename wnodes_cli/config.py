@@ -36,7 +36,7 @@ Format = Literal["qcow2", "raw"]
 Refresh = Literal["never", "on-change"]
 
 FACILITIES = frozenset(
-    "auth authpriv cron daemon ftp kern lpr mail news syslog user uucp".split()
+    ["auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog", "user", "uucp"]
     + [f"local{i}" for i in range(8)]
 )
 
