@@ -159,3 +159,111 @@ def is_root() -> bool:
 
 
 needs_root = pytest.mark.skipif(not is_root(), reason="needs root (tmpfs mounts, chown)")
+
+
+# -- real libvirt and a real guest ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def libvirt_uri() -> str:
+    """libvirtd and virtlogd, started by the repo's own script (no systemd here)."""
+    r = subprocess.run(["bash", str(REPO / "scripts" / "start-libvirt")], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"libvirt could not be started by scripts/start-libvirt: {r.stderr.strip()[-400:]}")
+    return "qemu:///system"
+
+
+@pytest.fixture(scope="session")
+def guest() -> Iterator[Path]:
+    """Kernel, initramfs and root disks (identities sl7, el9, sl7v2) from scripts/build-guest.
+
+    Under /var/tmp and world-readable: QEMU runs as libvirt-qemu and must reach them.
+    """
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="wnodes-guest-", dir="/var/tmp"))
+    d.chmod(0o755)
+    subprocess.run(["bash", str(REPO / "scripts" / "build-guest"), str(d), "sl7", "el9", "sl7v2"], check=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class VMSite(Site):
+    guest: Path
+    uri: str
+    prefix: str
+
+    def guest_image(self, name: str, identity: str, version: str = "v1", hold: int | None = None, **extra: Any) -> Path:
+        """Publish the guest disk `identity` as version `version` of image `name`."""
+        import shutil
+
+        target = self.shared / f"{name}-{version}.qcow2"
+        shutil.copyfile(self.guest / f"{identity}.qcow2", target)
+        target.chmod(0o644)
+        self.point(name, target)
+        cmdline = "console=ttyS0 panic=-1 loglevel=3" + (f" wnodes.hold={hold}" if hold else "")
+        self.images[name] = {
+            "master": str(self.shared / f"{name}.qcow2"),
+            "format": "qcow2",
+            "memory_mb": 192,
+            "kernel": str(self.guest / "vmlinuz"),
+            "initrd": str(self.guest / "initrd.img"),
+            "cmdline": cmdline,
+            **extra,
+        }
+        return target
+
+    def job(self, n: object) -> str:
+        return f"{self.prefix}-{n}"
+
+    def console(self, job: str) -> str:
+        p = self.cache / "run" / job / "console.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def state(self, job: str) -> str | None:
+        r = subprocess.run(["virsh", "-q", "-c", self.uri, "domstate", f"wnodes-{job}"], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def wait_gone(self, job: str, timeout: float = 90) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.state(job) in (None, "shut off"):
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"domain wnodes-{job} still running after {timeout}s; console: {self.console(job)[-500:]}")
+
+    def wait_console(self, job: str, text: str, timeout: float = 90) -> str:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.console(job)
+            if text in out:
+                return out
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared on the console of {job}: {self.console(job)[-500:]}")
+
+
+@pytest.fixture
+def vm_site(libvirt_uri: str, guest: Path) -> Iterator[VMSite]:
+    import secrets
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="wnodes-vm-", dir="/var/tmp"))
+    root.chmod(0o755)
+    s = VMSite(root)
+    s.guest, s.uri, s.prefix = guest, libvirt_uri, "t" + secrets.token_hex(3)
+    s.shared.mkdir()
+    (root / "etc").mkdir(mode=0o755)
+    s.extra["libvirt"] = {"uri": libvirt_uri, "domain_type": "qemu"}
+    yield s
+    # Whatever a failed test left running goes, then the files.
+    out = subprocess.run(["virsh", "-q", "-c", libvirt_uri, "list", "--name"], capture_output=True, text=True).stdout
+    for name in out.split():
+        if name.startswith(f"wnodes-{s.prefix}-"):
+            subprocess.run(["virsh", "-q", "-c", libvirt_uri, "destroy", name], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)

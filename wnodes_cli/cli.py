@@ -131,6 +131,79 @@ def invalidate_cmd(
     invalidate.run(opts.config(), list(images), all_images, timeout, as_json)
 
 
+@cli.command("snapshot")
+@click.argument("image")
+@click.option("--job", "job_id", required=True, metavar="ID", help="The job the overlay is for.")
+@timeout_option
+@json_option
+@pass_options
+def snapshot_cmd(opts: Options, /, image: str, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Create the job's qcow2 overlay on IMAGE's cached copy, and its lease."""
+    from wnodes_cli.commands import vm
+
+    vm.snapshot(opts.config(), image, job_id, facts_from(None), timeout, as_json)
+
+
+@cli.command("start")
+@click.option("--job", "job_id", required=True, metavar="ID", help="The job whose VM to start.")
+@click.option("--wait", is_flag=True, help="Wait for the guest to end and show how it ended.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS")
+@json_option
+@pass_options
+def start_cmd(opts: Options, /, job_id: str, wait: bool, wait_timeout: float, as_json: bool) -> None:
+    """Start the job's domain (wnodes-ID) on its overlay; return once it runs."""
+    from wnodes_cli.commands import vm
+
+    vm.start(opts.config(), job_id, wait, wait_timeout, as_json)
+
+
+@cli.command("stop")
+@click.option("--job", "job_id", required=True, metavar="ID", help="The job whose VM to stop.")
+@json_option
+@pass_options
+def stop_cmd(opts: Options, /, job_id: str, as_json: bool) -> None:
+    """Destroy the job's domain, delete its overlay, release its lease. Safe to repeat."""
+    from wnodes_cli.commands import vm
+
+    vm.stop(opts.config(), job_id, as_json)
+
+
+@cli.command("prolog")
+@job_options
+@timeout_option
+@click.option("--wait", is_flag=True, help="Then wait for the guest to end and show its console (demos, tests).")
+@json_option
+@pass_options
+def prolog_cmd(
+    opts: Options, /, lrms: str | None, timeout: float | None, wait: bool, as_json: bool, **flags: str | int | None
+) -> None:
+    """select, fetch, snapshot and start the job's VM; undo everything on failure."""
+    from wnodes_cli.commands import vm
+
+    vm.prolog(opts.config(), facts_from(lrms, **flags), timeout, wait, as_json)
+
+
+@cli.command("epilog")
+@job_options
+@json_option
+@pass_options
+def epilog_cmd(opts: Options, /, lrms: str | None, as_json: bool, **flags: str | int | None) -> None:
+    """Stop the job's VM and clean up after it (the same as stop)."""
+    from wnodes_cli.commands import vm
+
+    vm.epilog(opts.config(), facts_from(lrms, **flags), as_json)
+
+
+@cli.command("ps")
+@json_option
+@pass_options
+def ps_cmd(opts: Options, /, as_json: bool) -> None:
+    """List the jobs on this node: VM state, image, version, overlay size."""
+    from wnodes_cli.commands import vm
+
+    vm.ps(opts.config(), as_json)
+
+
 @cli.group("cache")
 def cache_group() -> None:
     """Inspect and clean the local image cache."""

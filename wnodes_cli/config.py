@@ -85,6 +85,22 @@ class Image(NamedTuple):
     master: Path
     format: Format
     refresh: Refresh
+    vcpus: int = 1
+    memory_mb: int = 2048
+    kernel: Path | None = None  # direct kernel boot; else the image's own bootloader
+    initrd: Path | None = None
+    cmdline: str | None = None
+
+
+DomainType = Literal["auto", "kvm", "qemu"]
+
+
+class Libvirt(NamedTuple):
+    uri: str = "qemu:///system"
+    domain_type: DomainType = "auto"
+    network: str | None = None  # a libvirt network name; None: no network interface
+    template: Path | None = None  # an admin's domain XML to start from
+    start_timeout: float = 120.0
 
 
 class CacheLimit(NamedTuple):
@@ -110,6 +126,8 @@ class Config(NamedTuple):
     default_image: str | None
     hostgroups: dict[str, str]
     syslog_facility: str
+    libvirt: Libvirt = Libvirt()
+    lease_grace: float = 600.0
 
     def image(self, name: str) -> Image:
         from wnodes_cli.errors import JobError, show
@@ -221,7 +239,7 @@ def _read_safely(path: Path) -> str:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        _check_owner(path, st, "config file")
+        check_owner(path, st, "config file")
         parent = os.stat(path.parent)
         if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
             raise ConfigError(
@@ -236,7 +254,7 @@ def _read_safely(path: Path) -> str:
         os.close(fd)
 
 
-def _check_owner(path: Path, st: os.stat_result, what: str) -> None:
+def check_owner(path: Path, st: os.stat_result, what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{what} {path} is not a regular file")
     if st.st_mode & 0o022:
@@ -276,9 +294,12 @@ class _Validator:
             "default_image",
             "hostgroups",
             "syslog_facility",
+            "libvirt",
+            "lease_grace_seconds",
         }
     )
-    IMAGE_KEYS = frozenset({"master", "format", "refresh"})
+    IMAGE_KEYS = frozenset({"master", "format", "refresh", "vcpus", "memory_mb", "kernel", "initrd", "cmdline"})
+    LIBVIRT_KEYS = frozenset({"uri", "domain_type", "network", "template", "start_timeout"})
     RULE_KEYS = frozenset({"match", "image", "image_from_env", "allow"})
     MATCH_KEYS = frozenset(STRING_FACTS) | frozenset(INT_FACTS) | {"hostgroup", "env"}
 
@@ -323,6 +344,8 @@ class _Validator:
             default_image=default,
             hostgroups=hostgroups,
             syslog_facility=self.facility(top.get("syslog_facility", "daemon")),
+            libvirt=self.libvirt(top.get("libvirt", {})),
+            lease_grace=self.seconds(top.get("lease_grace_seconds", 600), "lease_grace_seconds"),
         )
         if self.problems:
             raise ConfigError.from_problems(self.problems)
@@ -333,6 +356,38 @@ class _Validator:
             self.bad(key, f"wanted an absolute path, got {_kind(value)}")
             return Path("/nonexistent")
         return Path(os.path.normpath(value))
+
+    def count(self, value: object, key: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.bad(key, f"wanted a whole number from {low} to {high}, got {_kind(value)}")
+            return low
+        return value
+
+    def text(self, value: object, key: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or any(c in value for c in "\0\n\r"):
+            self.bad(key, f"wanted a single-line string, got {_kind(value)}")
+            return None
+        return value
+
+    def libvirt(self, value: object) -> Libvirt:
+        fields = self.mapping(value, "libvirt", self.LIBVIRT_KEYS)
+        uri = fields.get("uri", "qemu:///system")
+        if not isinstance(uri, str) or not re.match(r"^[a-z0-9+]+://[^\s]*$", uri):
+            self.bad("libvirt.uri", f"wanted a libvirt URI such as qemu:///system, got {_kind(uri)}")
+            uri = "qemu:///system"
+        dtype = fields.get("domain_type", "auto")
+        if dtype not in ("auto", "kvm", "qemu"):
+            self.bad("libvirt.domain_type", f"wanted auto, kvm or qemu, got {_kind(dtype)}")
+            dtype = "auto"
+        network = fields.get("network")
+        if network is not None and (not isinstance(network, str) or not NAME_RE.match(network)):
+            self.bad("libvirt.network", f"wanted a libvirt network name or null, got {_kind(network)}")
+            network = None
+        template = self.abs_path(fields["template"], "libvirt.template") if "template" in fields else None
+        timeout = self.seconds(fields.get("start_timeout", 120), "libvirt.start_timeout")
+        return Libvirt(uri=uri, domain_type=dtype, network=network, template=template, start_timeout=timeout)
 
     def seconds(self, value: object, key: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -419,6 +474,11 @@ class _Validator:
             out[name] = Image(
                 name=name,
                 master=self.abs_path(fields["master"], f"{key}.master"),
+                vcpus=self.count(fields.get("vcpus", 1), f"{key}.vcpus", 1, 1024),
+                memory_mb=self.count(fields.get("memory_mb", 2048), f"{key}.memory_mb", 16, 1 << 24),
+                kernel=self.abs_path(fields["kernel"], f"{key}.kernel") if "kernel" in fields else None,
+                initrd=self.abs_path(fields["initrd"], f"{key}.initrd") if "initrd" in fields else None,
+                cmdline=self.text(fields.get("cmdline"), f"{key}.cmdline"),
                 format=fmt,
                 refresh=refresh,
             )

@@ -69,22 +69,36 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
 
 
 class _Writeback:
-    """Start writeback of each finished window; wait for the one before it."""
+    """Start writeback of each finished 32 MiB window; wait for the one before it.
+
+    Windows are counted in bytes written, not in extents: a sparse image with
+    many small extents must not wait on the disk once per extent.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.fn = _load_sync_file_range()
+        self.start: int | None = None  # first offset written since the last window
+        self.end = 0
+        self.bytes = 0
         self.prev: tuple[int, int] | None = None
 
     def written(self, offset: int, length: int) -> None:
         if self.fn is None or length == 0:
             return
-        self.fn(self.fd, offset, length, _SFR_WRITE)
+        self.start = offset if self.start is None else min(self.start, offset)
+        self.end = max(self.end, offset + length)
+        self.bytes += length
+        if self.bytes < CHUNK:
+            return
+        window = (self.start, self.end - self.start)
+        self.fn(self.fd, window[0], window[1], _SFR_WRITE)
         if self.prev is not None:
             # Bounding dirty pages to ~2 windows keeps the final fsync short
             # and stops a large copy from flooding the page cache.
             self.fn(self.fd, self.prev[0], self.prev[1], _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
-        self.prev = (offset, length)
+        self.prev = window
+        self.start, self.end, self.bytes = None, 0, 0
 
 
 def copy_sparse(

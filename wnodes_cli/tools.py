@@ -18,21 +18,84 @@ from wnodes_cli.errors import ToolError
 QCOW2_MAGIC = b"QFI\xfb"
 
 
-def _run(tool: str, *args: str, timeout: float = 120) -> str:
+def _run(
+    tool: str, *args: str, timeout: float = 120, stdin: str | None = None, missing_ok: tuple[str, ...] = ()
+) -> str | None:
+    """Run a tool; its output, or None when it failed with one of ``missing_ok`` in its stderr."""
     import sh
 
     exe = shutil.which(tool)
     if exe is None:
-        raise ToolError(f"{tool} is not installed or not on PATH; install it (apt-get install qemu-utils)")
+        pkg = {"qemu-img": "qemu-utils", "virsh": "libvirt-clients"}.get(tool, tool)
+        raise ToolError(f"{tool} is not installed or not on PATH; install it (apt-get install {pkg})")
     try:
-        out = sh.Command(exe)(*args, _timeout=timeout, _env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        out = sh.Command(exe)(*args, _timeout=timeout, _in=stdin, _env=_ENV)
     except sh.ErrorReturnCode as exc:
-        err = exc.stderr.decode(errors="replace").strip().splitlines()
-        detail = err[-1] if err else f"exit {exc.exit_code}"
-        raise ToolError(f"{tool} {' '.join(args[:2])} failed: {detail}") from None
+        err = exc.stderr.decode(errors="replace").strip()
+        if any(m in err for m in missing_ok):
+            return None
+        lines = [line for line in err.splitlines() if line.strip()]
+        detail = lines[-1] if lines else f"exit {exc.exit_code}"
+        raise ToolError(f"{tool} {' '.join(_short(args))} failed: {detail}") from None
     except sh.TimeoutException:
-        raise ToolError(f"{tool} {' '.join(args[:2])} did not finish within {timeout:.0f}s") from None
+        raise ToolError(f"{tool} {' '.join(_short(args))} did not finish within {timeout:.0f}s") from None
     return str(out)
+
+
+#: The tools run with a fixed environment: an LRMS prolog may have no PATH at
+#: all, and a job's environment must never reach them.
+_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def _short(args: tuple[str, ...]) -> list[str]:
+    """The words of a command worth putting in an error line (no XML, no long paths)."""
+    return [a for a in args if not a.startswith("-") and "\n" not in a][:3]
+
+
+# -- qemu-img ---------------------------------------------------------------------
+
+
+def create_overlay(base: Path, base_format: str, overlay: Path) -> None:
+    """A qcow2 overlay backed by ``base``. Its cost does not grow with the base's size:
+    qemu-img reads only the base's header for its virtual size."""
+    _run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(overlay))
+
+
+# -- virsh ------------------------------------------------------------------------
+
+_NO_DOMAIN = ("failed to get domain", "Domain not found", "domain is not running", "not found")
+
+
+def virsh_create(uri: str, xml: str, timeout: float) -> None:
+    """Start a transient domain from XML (given on stdin: no file to clean up)."""
+    _run("virsh", "-q", "-c", uri, "create", "/dev/stdin", stdin=xml, timeout=timeout)
+
+
+def virsh_destroy(uri: str, name: str) -> bool:
+    """Stop a domain at once; False when there was none to stop."""
+    return _run("virsh", "-q", "-c", uri, "destroy", name, missing_ok=_NO_DOMAIN) is not None
+
+
+def virsh_undefine(uri: str, name: str) -> bool:
+    """Remove a persistent definition (transient domains have none); False when there was none."""
+    return _run("virsh", "-q", "-c", uri, "undefine", name, missing_ok=(*_NO_DOMAIN, "transient")) is not None
+
+
+def virsh_state(uri: str, name: str) -> str | None:
+    """The domain's state ("running", "paused", "shut off", ...), or None when it does not exist."""
+    out = _run("virsh", "-q", "-c", uri, "domstate", name, missing_ok=_NO_DOMAIN)
+    return None if out is None else out.strip()
+
+
+def virsh_domains(uri: str) -> dict[str, str]:
+    """Every domain libvirt knows, name -> state, in one call."""
+    out = _run("virsh", "-q", "-c", uri, "list", "--all") or ""
+    found = {}
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            found[parts[1]] = parts[2].strip()
+    return found
 
 
 class Probe(NamedTuple):

@@ -35,10 +35,18 @@ def list_(config: Config, as_json: bool) -> list[dict[str, object]]:
 
 
 def gc(config: Config, dry_run: bool, timeout: float | None, as_json: bool) -> list[Removal]:
+    from wnodes_cli.vm import Node
+
+    # Leases of jobs whose domain vanished (a reboot, a lost epilog) go first,
+    # so that the copies they held can be collected in the same run.
+    reaped = [] if dry_run else Node(config, timeout=timeout).reap()
     done = ImageCache(config, timeout=timeout).gc(dry_run=dry_run)
     if as_json:
-        emit_json({"dry_run": dry_run, "entries": [r.as_json() for r in done]})
-    elif not done:
+        emit_json({"dry_run": dry_run, "reaped_jobs": reaped, "entries": [r.as_json() for r in done]})
+        return done
+    for job in reaped:
+        sys.stdout.write(f"released job {job}: its domain was gone for longer than lease_grace_seconds\n")
+    if not done:
         sys.stdout.write("nothing to clean\n")
     else:
         verb = "would remove" if dry_run else "removed"
