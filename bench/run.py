@@ -8,6 +8,9 @@ Benchmarks (see docs/performance.md for targets and the latest figures):
 * sparse       cold fetch of a 4 GiB raw image holding 64 MiB vs `cp --sparse=always`
 * concurrent   16 concurrent cold fetches of one image vs one cold fetch
 * hit          a cache hit vs `wnodes --version`
+* warm_prolog  a prolog on a cached image, up to the domain running, vs
+               `wnodes --version` + `qemu-img create` + `virsh create` of the same XML
+* snapshot     `wnodes snapshot` of a 1 GiB and a 64 GiB (virtual size) image
 
 Runs are interleaved (floor, wnodes, floor, wnodes, ...) and the median is
 taken, so that a noisy disk hurts both sides alike. Work files go under
@@ -206,6 +209,95 @@ class Bench:
         m_v, m_h = statistics.median(version), statistics.median(hits)
         return {"version_s": m_v, "hit_s": m_h, "ratio": m_h / m_v, "target": "<= 1.3 x wnodes --version"}
 
+    # -- the VM lifecycle (needs libvirt and the test guest) ------------------------
+
+    def _guest(self) -> Path:
+        repo = Path(__file__).resolve().parent.parent
+        subprocess.run(["bash", str(repo / "scripts" / "start-libvirt")], check=True)
+        guest = self.root / "guest"
+        guest.mkdir(exist_ok=True)
+        guest.chmod(0o755)
+        subprocess.run(["bash", str(repo / "scripts" / "build-guest"), str(guest), "benchvm"], check=True)
+        return guest
+
+    def _vm_config(self, guest: Path, images: dict[str, str]) -> None:
+        lines = [f"cache_dir: {self.cache}", "libvirt: {uri: 'qemu:///system', domain_type: qemu}", "images:"]
+        for name, master in images.items():
+            lines.append(
+                f"  {name}: {{master: {master}, format: qcow2, memory_mb: 192, kernel: {guest}/vmlinuz, "
+                f"initrd: {guest}/initrd.img, cmdline: 'console=ttyS0 panic=-1 wnodes.hold=30'}}"
+            )
+        lines.append(f"default_image: {next(iter(images))}")
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o644)
+
+    def warm_prolog(self) -> dict[str, object]:
+        guest = self._guest()
+        target = self.shared / "benchvm-v1.qcow2"
+        shutil.copyfile(guest / "benchvm.qcow2", target)
+        link = self.shared / "benchvm.qcow2"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.name)
+        self._vm_config(guest, {"benchvm": str(link)})
+        base = self.fetch("benchvm")["path"]
+        uri = ["virsh", "-q", "-c", "qemu:///system"]
+        ours, version, qimg, vcreate = [], [], [], []
+        for i in range(max(self.repeat, 3) * 2):
+            job = f"bench-{os.getpid()}-{i}"
+            ours.append(timed([*WNODES, "prolog", "--job", job], env=self.env))
+            xml = (self.cache / "run" / job / "domain.xml").read_text()
+            subprocess.run([*WNODES, "epilog", "--job", job], env=self.env, check=True, stdout=subprocess.DEVNULL)
+            # The floor: the same three things done by hand, with the same XML.
+            floor_dir = self.cache / "run" / f"floor-{i}"
+            floor_dir.mkdir(parents=True)
+            overlay = floor_dir / "disk.qcow2"
+            version.append(timed([*WNODES, "--version"], env=self.env))
+            qimg.append(
+                timed(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay)])
+            )
+            floor_xml = floor_dir / "domain.xml"
+            floor_xml.write_text(
+                xml.replace(f"wnodes-{job}", f"floor-{job}").replace(str(self.cache / "run" / job), str(floor_dir))
+            )
+            vcreate.append(timed([*uri, "create", str(floor_xml)]))
+            subprocess.run([*uri, "destroy", f"floor-{job}"], check=True, stdout=subprocess.DEVNULL)
+            shutil.rmtree(floor_dir)
+        m = statistics.median
+        floor = m(version) + m(qimg) + m(vcreate)
+        return {
+            "wnodes_prolog_s": m(ours),
+            "cli_startup_s": m(version),
+            "qemu_img_create_s": m(qimg),
+            "virsh_create_s": m(vcreate),
+            "floor_s": floor,
+            "ratio": m(ours) / floor,
+            "target": "<= 1.2 x (CLI start-up + qemu-img create + virsh create)",
+        }
+
+    def snapshot(self) -> dict[str, object]:
+        times: dict[int, list[float]] = {}
+        for gib in (1, 64):
+            target = self.shared / f"virt{gib}g-v1.qcow2"
+            if not target.exists():
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), f"{gib}G"], check=True)
+            link = self.shared / f"virt{gib}g.qcow2"
+            link.unlink(missing_ok=True)
+            link.symlink_to(target.name)
+        guest = self.root / "guest"
+        guest.mkdir(exist_ok=True)
+        self._vm_config(guest, {f"virt{g}g": str(self.shared / f"virt{g}g.qcow2") for g in (1, 64)})
+        for gib in (1, 64):
+            self.fetch(f"virt{gib}g")
+        for i in range(max(self.repeat, 3) * 3):
+            for gib in (1, 64):
+                job = f"snap-{os.getpid()}-{gib}-{i}"
+                times.setdefault(gib, []).append(
+                    timed([*WNODES, "snapshot", f"virt{gib}g", "--job", job], env=self.env)
+                )
+                subprocess.run([*WNODES, "stop", "--job", job], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        one, big = statistics.median(times[1]), statistics.median(times[64])
+        return {"1g_s": one, "64g_s": big, "ratio": big / one, "target": "within 10% of each other"}
+
 
 def make_dense(path: Path, size: int = GiB) -> None:
     rng = random.Random(1)
@@ -224,7 +316,7 @@ def make_sparse(path: Path) -> None:
             fh.write(rng.randbytes(MiB))
 
 
-ALL = ["cold_dense", "sparse", "concurrent", "hit"]
+ALL = ["cold_dense", "sparse", "concurrent", "hit", "warm_prolog", "snapshot"]
 
 
 def main() -> int:
