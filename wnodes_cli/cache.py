@@ -470,11 +470,14 @@ class ImageCache:
                     "invalidated": False,
                 }
                 # Metadata first: a copy without metadata is never used, only collected.
-                fsutil.atomic_write_json(Path(str(final) + META), meta)
+                # Each file's content is fsynced before its rename; one fsync of
+                # the directory then makes all three names durable together (a
+                # crash before it loses them all, and the next fetch copies again).
+                fsutil.atomic_write_json(Path(str(final) + META), meta, sync_dir=False)
                 os.replace(tmp, final)
-            fsutil.fsync_dir(d)
             previous = self.current(img.name)
-            self._set_current(img.name, final)
+            self._set_current(img.name, final, sync_dir=False)
+            fsutil.fsync_dir(d)
             log.info("image %s: fetched %s (%d bytes in %.2fs)", img.name, mv.label, copied, took)
             if previous is not None and previous.path != final:
                 self._remove_if_unused(previous, "superseded")
@@ -566,8 +569,8 @@ class ImageCache:
             what = "a backing file" if found.backing else "an external data file"
             raise CopyError(f"master {mv.target} of image {img.name!r} has {what}; flatten it with qemu-img convert")
 
-    def _set_current(self, image: str, path: Path) -> None:
-        fsutil.atomic_symlink(path.name, self.image_dir(image) / CURRENT)
+    def _set_current(self, image: str, path: Path, sync_dir: bool = True) -> None:
+        fsutil.atomic_symlink(path.name, self.image_dir(image) / CURRENT, sync_dir)
 
     def _clear_partials(self, d: Path) -> None:
         """Remove what a killed copier left. Only the lock holder may call this."""

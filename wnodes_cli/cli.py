@@ -66,10 +66,14 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 
 def job_options(f: F) -> F:
-    """The job's facts as flags; each wins over the LRMS environment."""
+    """The job's facts as flags; each wins over what the LRMS passed."""
     for opt in reversed(
         [
-            click.option("--lrms", metavar="NAME", help="Read the job from this LRMS's environment (default: detect)."),
+            click.option(
+                "--lrms",
+                type=click.Choice(sorted(ADAPTER_NAMES)),
+                help="Read the job as this LRMS passes it (default: detect).",
+            ),
             click.option("--job", "job_id", metavar="ID", help="Job id."),
             click.option("--queue", metavar="NAME", help="Queue or partition."),
             click.option("--uid", type=click.IntRange(min=0), help="Unix uid of the job's owner."),
@@ -78,17 +82,29 @@ def job_options(f: F) -> F:
             click.option("--group", metavar="NAME", help="Group name of the job's owner."),
             click.option("--account", metavar="NAME", help="LRMS account (project, VO)."),
             click.option("--host", metavar="NAME", help="This node's name, for hostgroup rules."),
+            click.option("--vo", metavar="NAME", help="The job's VO (Grid)."),
+            click.option("--fqan", "fqans", metavar="FQAN", multiple=True, help="A VOMS FQAN of the job; repeatable."),
+            click.argument("lrms_args", nargs=-1, metavar="[LRMS_ARGS]..."),
         ]
     ):
         f = opt(f)
     return f
 
 
-def facts_from(lrms: str | None, **flags: str | int | None) -> JobFacts:
+#: Kept here (not imported from jobinfo) so that `wnodes --version` imports nothing more.
+ADAPTER_NAMES = ("htcondor", "lsf", "none", "pbs", "slurm")
+
+
+def facts_from(
+    lrms: str | None, lrms_args: tuple[str, ...] = (), fqans: tuple[str, ...] = (), **flags: str | int | None
+) -> JobFacts:
+    """The job's facts from the LRMS (environment, or PBS's arguments), then the flags."""
     from wnodes_cli.jobinfo import from_environment
 
-    facts = from_environment(dict(os.environ), lrms)
+    facts = from_environment(dict(os.environ), lrms, lrms_args)
     given: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if fqans:
+        given["fqan"] = tuple(fqans)
     return facts._replace(**given)
 
 
@@ -97,11 +113,14 @@ def facts_from(lrms: str | None, **flags: str | int | None) -> JobFacts:
 @json_option
 @click.option("--explain", is_flag=True, help="Show every rule and why it did or did not match.")
 @pass_options
-def select_cmd(opts: Options, /, lrms: str | None, as_json: bool, explain: bool, **flags: str | int | None) -> None:
-    """Print the image the site's rules choose for the job."""
+def select_cmd(opts: Options, /, as_json: bool, explain: bool, **flags: Any) -> None:
+    """Print the image the site's rules choose for the job.
+
+    Under PBS/Torque, pass the prologue's arguments on: wnodes select "$@".
+    """
     from wnodes_cli.commands import select
 
-    select.run(opts.config(), facts_from(lrms, **flags), as_json, explain)
+    select.run(opts.config(), facts_from(**flags), as_json, explain)
 
 
 @cli.command("fetch")
@@ -174,24 +193,25 @@ def stop_cmd(opts: Options, /, job_id: str, as_json: bool) -> None:
 @click.option("--wait", is_flag=True, help="Then wait for the guest to end and show its console (demos, tests).")
 @json_option
 @pass_options
-def prolog_cmd(
-    opts: Options, /, lrms: str | None, timeout: float | None, wait: bool, as_json: bool, **flags: str | int | None
-) -> None:
-    """select, fetch, snapshot and start the job's VM; undo everything on failure."""
+def prolog_cmd(opts: Options, /, timeout: float | None, wait: bool, as_json: bool, **flags: Any) -> None:
+    """select, fetch, snapshot and start the job's VM; undo everything on failure.
+
+    Under PBS/Torque, pass the prologue's arguments on: wnodes prolog "$@".
+    """
     from wnodes_cli.commands import vm
 
-    vm.prolog(opts.config(), facts_from(lrms, **flags), timeout, wait, as_json)
+    vm.prolog(opts.config(), facts_from(**flags), timeout, wait, as_json)
 
 
 @cli.command("epilog")
 @job_options
 @json_option
 @pass_options
-def epilog_cmd(opts: Options, /, lrms: str | None, as_json: bool, **flags: str | int | None) -> None:
+def epilog_cmd(opts: Options, /, as_json: bool, **flags: Any) -> None:
     """Stop the job's VM and clean up after it (the same as stop)."""
     from wnodes_cli.commands import vm
 
-    vm.epilog(opts.config(), facts_from(lrms, **flags), as_json)
+    vm.epilog(opts.config(), facts_from(**flags), as_json)
 
 
 @cli.command("ps")

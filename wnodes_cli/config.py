@@ -40,7 +40,7 @@ FACILITIES = frozenset(
     + [f"local{i}" for i in range(8)]
 )
 
-STRING_FACTS = ("queue", "user", "group", "account", "host", "feature")
+STRING_FACTS = ("queue", "user", "group", "account", "host", "feature", "vo", "fqan")
 INT_FACTS = ("uid", "gid")
 
 
@@ -128,6 +128,7 @@ class Config(NamedTuple):
     syslog_facility: str
     libvirt: Libvirt = Libvirt()
     lease_grace: float = 600.0
+    console_keep: float = 7 * 86400.0  # seconds the console logs of ended jobs are kept
 
     def image(self, name: str) -> Image:
         from wnodes_cli.errors import JobError, show
@@ -296,6 +297,7 @@ class _Validator:
             "syslog_facility",
             "libvirt",
             "lease_grace_seconds",
+            "console_keep_days",
         }
     )
     IMAGE_KEYS = frozenset({"master", "format", "refresh", "vcpus", "memory_mb", "kernel", "initrd", "cmdline"})
@@ -346,6 +348,7 @@ class _Validator:
             syslog_facility=self.facility(top.get("syslog_facility", "daemon")),
             libvirt=self.libvirt(top.get("libvirt", {})),
             lease_grace=self.seconds(top.get("lease_grace_seconds", 600), "lease_grace_seconds"),
+            console_keep=86400 * self.seconds(top.get("console_keep_days", 7), "console_keep_days"),
         )
         if self.problems:
             raise ConfigError.from_problems(self.problems)

@@ -44,7 +44,12 @@ def adjacent_tmp(directory: Path, suffix: str = "") -> tuple[int, Path]:
     return fd, Path(name)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data``; the content is on disk before the name.
+
+    ``sync_dir=False`` leaves the directory's fsync to the caller, who may
+    rename several things and make them durable with one fsync_dir.
+    """
     fd, tmp = adjacent_tmp(path.parent)
     with clean_path_on_failure(tmp):
         try:
@@ -54,11 +59,12 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), mode)
+def atomic_write_json(path: Path, obj: Any, mode: int = 0o644, sync_dir: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), mode, sync_dir)
 
 
 def read_json(path: Path) -> Any | None:
@@ -70,7 +76,7 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def atomic_symlink(target: str, link: Path) -> None:
+def atomic_symlink(target: str, link: Path, sync_dir: bool = True) -> None:
     """Point ``link`` at ``target`` with no moment where it is missing or half-made."""
     for attempt in range(100):
         tmp = link.parent / f"{TMP_PREFIX}{os.getpid()}-{attempt}{link.name}"
@@ -83,7 +89,8 @@ def atomic_symlink(target: str, link: Path) -> None:
         raise FileExistsError(f"cannot create a temp symlink next to {link}")
     with clean_path_on_failure(tmp):
         os.replace(tmp, link)
-    fsync_dir(link.parent)
+    if sync_dir:
+        fsync_dir(link.parent)
 
 
 def remove_quietly(*paths: Path) -> None:

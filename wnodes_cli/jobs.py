@@ -57,12 +57,17 @@ class Leases:
     def __init__(self, cache_dir: Path) -> None:
         self.dir = cache_dir / "leases"
         self.run_dir = cache_dir / "run"
+        self.consoles_dir = cache_dir / "consoles"
 
     def file(self, job: str) -> Path:
         return self.dir / f"{job}.json"
 
     def job_dir(self, job: str) -> Path:
         return self.run_dir / job
+
+    def kept_console(self, job: str) -> Path:
+        """Where a job's console log is kept after stop (for the admin's post-mortem)."""
+        return self.consoles_dir / f"{job}.log"
 
     def write(self, lease: Lease) -> None:
         fsutil.atomic_write_json(self.file(lease.job), lease.as_json())

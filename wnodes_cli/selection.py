@@ -36,7 +36,8 @@ def _check(match: Match, facts: JobFacts, config: Config) -> tuple[bool, str]:
     """Return (matched, why) for one rule's conditions."""
     reasons = []
     for fact, patterns in match.strings.items():
-        values = facts.features if fact == "feature" else (getattr(facts, fact),)
+        # feature and fqan are lists: the condition holds when any element matches.
+        values = facts.features if fact == "feature" else facts.fqan if fact == "fqan" else (getattr(facts, fact),)
         present = [v for v in values if v is not None]
         if not present:
             return False, f"{fact} is unknown for this job"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from wnodes_cli import domain, tools
+from wnodes_cli import domain, fsutil, tools
 from wnodes_cli.cache import FetchResult, ImageCache
 from wnodes_cli.config import Config
 from wnodes_cli.errors import CopyError, JobError, NotFound, WnodesError
@@ -206,8 +206,36 @@ class Node:
         if job_dir.is_symlink():
             job_dir.unlink()
         else:
+            self._keep_console(job)
             shutil.rmtree(job_dir, ignore_errors=True)
         self.leases.remove(job)  # last: while anything of the job remains, it protects the copy
+
+    def _keep_console(self, job: str) -> None:
+        """The console is what an admin reads when a job's VM misbehaved: keep it
+        (``cache gc`` removes it after ``console_keep_days``)."""
+        console = self.leases.job_dir(job) / CONSOLE
+        if not console.is_file() or console.is_symlink():
+            return
+        with contextlib.suppress(OSError):
+            os.makedirs(self.leases.consoles_dir, mode=0o755, exist_ok=True)
+            os.replace(console, self.leases.kept_console(job))
+
+    def console_text(self, job: str) -> str:
+        """The job's console log, while it runs or after it was kept."""
+        for path in (self.leases.job_dir(job) / CONSOLE, self.leases.kept_console(job)):
+            with contextlib.suppress(OSError):
+                return path.read_text(errors="replace")
+        return ""
+
+    def forget_consoles(self) -> list[str]:
+        """Remove kept console logs older than ``console_keep_days``."""
+        gone = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.leases.consoles_dir):
+                if entry.name.endswith(".log") and time.time() - entry.stat().st_mtime > self.config.console_keep:
+                    fsutil.remove_quietly(Path(entry.path))
+                    gone.append(entry.name)
+        return gone
 
     # -- prolog / epilog ------------------------------------------------------------
 

@@ -39,7 +39,10 @@ def gc(config: Config, dry_run: bool, timeout: float | None, as_json: bool) -> l
 
     # Leases of jobs whose domain vanished (a reboot, a lost epilog) go first,
     # so that the copies they held can be collected in the same run.
-    reaped = [] if dry_run else Node(config, timeout=timeout).reap()
+    node = Node(config, timeout=timeout)
+    reaped = [] if dry_run else node.reap()
+    if not dry_run:
+        node.forget_consoles()
     done = ImageCache(config, timeout=timeout).gc(dry_run=dry_run)
     if as_json:
         emit_json({"dry_run": dry_run, "reaped_jobs": reaped, "entries": [r.as_json() for r in done]})
