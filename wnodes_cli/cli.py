@@ -84,6 +84,11 @@ def job_options(f: F) -> F:
             click.option("--host", metavar="NAME", help="This node's name, for hostgroup rules."),
             click.option("--vo", metavar="NAME", help="The job's VO (Grid)."),
             click.option("--fqan", "fqans", metavar="FQAN", multiple=True, help="A VOMS FQAN of the job; repeatable."),
+            click.option(
+                "--for-caller",
+                is_flag=True,
+                help="For a sudo rule: the job must be the sudo caller's; no fact may be overridden.",
+            ),
             click.argument("lrms_args", nargs=-1, metavar="[LRMS_ARGS]..."),
         ]
     ):
@@ -96,15 +101,26 @@ ADAPTER_NAMES = ("htcondor", "lsf", "none", "pbs", "slurm")
 
 
 def facts_from(
-    lrms: str | None, lrms_args: tuple[str, ...] = (), fqans: tuple[str, ...] = (), **flags: str | int | None
+    lrms: str | None,
+    lrms_args: tuple[str, ...] = (),
+    fqans: tuple[str, ...] = (),
+    for_caller: bool = False,
+    **flags: str | int | None,
 ) -> JobFacts:
     """The job's facts from the LRMS (environment, or PBS's arguments), then the flags."""
+    from wnodes_cli.errors import UsageError
     from wnodes_cli.jobinfo import from_environment
+    from wnodes_cli.jobs import for_caller as restrict
 
-    facts = from_environment(dict(os.environ), lrms, lrms_args)
+    env = dict(os.environ)
+    facts = from_environment(env, lrms, lrms_args)
     given: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if fqans:
         given["fqan"] = tuple(fqans)
+    if for_caller:
+        if given:
+            raise UsageError(f"--for-caller takes the job's facts from the LRMS only, not from {', '.join(given)}")
+        return restrict(facts, env)
     return facts._replace(**given)
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wnodes_cli import fsutil
 from wnodes_cli.errors import JobError, show
+
+if TYPE_CHECKING:
+    from wnodes_cli.jobinfo import JobFacts
 
 #: Job ids become a file name, a directory name and part of a domain name.
 #: Slurm (123, 123_4), PBS (123.server), HTCondor (12.0) and LSF (123_4) fit.
@@ -32,6 +36,27 @@ def check_job_id(job: str | None) -> str:
             f"starting with a letter or digit"
         )
     return job
+
+
+def for_caller(facts: JobFacts, env: Mapping[str, str]) -> JobFacts:
+    """Facts of a job run through sudo by its own user (an HTCondor job wrapper).
+
+    The sudoers rule fixes the command line, so the only input left is the
+    LRMS's (the job ad). The job must be the caller's: its owner's uid is
+    $SUDO_UID. Its id gets the caller's uid as a prefix, so that a user who
+    edits their own job ad cannot claim another user's job id.
+    """
+    raw = env.get("SUDO_UID", "")
+    if os.geteuid() != 0 or not raw.isdigit():
+        raise JobError("--for-caller is for a sudo rule: run it through sudo as the job's user")
+    caller = int(raw)
+    facts = facts.with_names()
+    if facts.uid != caller:
+        raise JobError(
+            f"job {show(facts.job_id)} belongs to {show(facts.user)} (uid {facts.uid}), not to the caller "
+            f"(uid {caller}); a user may only drive their own jobs"
+        )
+    return facts._replace(job_id=f"u{caller}-{facts.job_id}" if facts.job_id else None)
 
 
 def domain_name(job: str) -> str:
