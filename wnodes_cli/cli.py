@@ -240,6 +240,118 @@ def ps_cmd(opts: Options, /, as_json: bool) -> None:
     vm.ps(opts.config(), as_json)
 
 
+@cli.command("publish")
+@click.argument("image")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--keep", type=click.IntRange(min=0), metavar="N", help="Keep N old versions (never the current one).")
+@click.option("--rollback", "back", is_flag=True, help="Point the master back at the previous version.")
+@json_option
+@pass_options
+def publish_cmd(opts: Options, /, image: str, file: str | None, keep: int | None, back: bool, as_json: bool) -> None:
+    """Publish FILE as IMAGE's new master on shared storage, flipping its symlink atomically."""
+    from wnodes_cli.commands import fleet
+
+    fleet.publish(opts.config(), image, file, keep, back, as_json)
+
+
+@cli.group("fleet")
+def fleet_group() -> None:
+    """Invalidate or prefetch an image across hypervisors, in phases (ClusterShell)."""
+
+
+def fleet_options(f: F) -> F:
+    for opt in reversed(
+        [
+            click.argument("image"),
+            click.option("--nodes", required=True, metavar="NODESET", help="wn[001-400], @group, or a list."),
+            click.option("--batch", type=click.IntRange(min=1), default=10, show_default=True, help="Nodes at a time."),
+            click.option(
+                "--pause",
+                type=click.FloatRange(min=0),
+                default=0.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="Pause between batches.",
+            ),
+            click.option(
+                "--max-failures",
+                type=click.IntRange(min=1),
+                metavar="K",
+                help="Stop the rollout once K nodes failed or were unreachable.",
+            ),
+            click.option("--dry-run", is_flag=True, help="Show the batches and run nothing."),
+            click.option(
+                "--command",
+                "remote",
+                default="wnodes",
+                show_default=True,
+                help="The wnodes command on the nodes (with --worker exec, %h is the node).",
+            ),
+            click.option(
+                "--worker",
+                type=click.Choice(["ssh", "exec"]),
+                default="ssh",
+                show_default=True,
+                help="ssh to each node, or run the command locally per node (exec).",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0),
+                metavar="SECONDS",
+                help="Give up on a node's command after this long.",
+            ),
+            click.option("--ssh-options", metavar="OPTS", help="Extra ssh options, e.g. '-p 2222 -i key'."),
+            json_option,
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+@fleet_group.command("invalidate")
+@fleet_options
+def fleet_invalidate_cmd(image: str, nodes: str, **kw: Any) -> None:
+    """Invalidate IMAGE's cached copy on NODESET, batch by batch."""
+    from wnodes_cli.commands import fleet
+
+    fleet.fleet(
+        "invalidate",
+        image,
+        nodes,
+        kw["batch"],
+        kw["pause"],
+        kw["max_failures"],
+        kw["dry_run"],
+        kw["remote"],
+        kw["worker"],
+        kw["timeout"],
+        kw["ssh_options"],
+        kw["as_json"],
+    )
+
+
+@fleet_group.command("prefetch")
+@fleet_options
+def fleet_prefetch_cmd(image: str, nodes: str, **kw: Any) -> None:
+    """Fetch IMAGE into the cache of NODESET, batch by batch."""
+    from wnodes_cli.commands import fleet
+
+    fleet.fleet(
+        "prefetch",
+        image,
+        nodes,
+        kw["batch"],
+        kw["pause"],
+        kw["max_failures"],
+        kw["dry_run"],
+        kw["remote"],
+        kw["worker"],
+        kw["timeout"],
+        kw["ssh_options"],
+        kw["as_json"],
+    )
+
+
 @cli.group("cache")
 def cache_group() -> None:
     """Inspect and clean the local image cache."""

@@ -111,6 +111,12 @@ class CopyError(WnodesError):
     exit_code = ExitCode.IO
 
 
+class RolloutFailed(WnodesError):
+    """Some nodes of a fleet operation failed or were unreachable."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
 class UnsafePath(WnodesError):
     exit_code = ExitCode.NOPERM
 
