@@ -19,6 +19,30 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--scale",
+        type=int,
+        default=1,
+        help="Multiply the sizes of the stress tests (tests/stress/); CI runs 1.",
+    )
+
+
+@pytest.fixture(scope="session")
+def scale(request: pytest.FixtureRequest) -> int:
+    return max(1, int(request.config.getoption("--scale")))
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Iterator[list[dict[str, Any]]]:
+    """Figures of the stress tests; written as JSON to $WNODES_RELIABILITY_REPORT (docs/reliability.md)."""
+    records: list[dict[str, Any]] = []
+    yield records
+    out = os.environ.get("WNODES_RELIABILITY_REPORT")
+    if out:
+        Path(out).write_text(json.dumps(records, indent=1))
+
+
 def sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -175,7 +199,7 @@ def libvirt_uri() -> str:
 
 @pytest.fixture(scope="session")
 def guest() -> Iterator[Path]:
-    """Kernel, initramfs and root disks (identities sl7, el9, sl7v2) from scripts/build-guest.
+    """Kernel, initramfs and root disks (identities sl7, el8, el9, sl7v2) from scripts/build-guest.
 
     Under /var/tmp and world-readable: QEMU runs as libvirt-qemu and must reach them.
     """
@@ -184,7 +208,7 @@ def guest() -> Iterator[Path]:
 
     d = Path(tempfile.mkdtemp(prefix="wnodes-guest-", dir="/var/tmp"))
     d.chmod(0o755)
-    subprocess.run(["bash", str(REPO / "scripts" / "build-guest"), str(d), "sl7", "el9", "sl7v2"], check=True)
+    subprocess.run(["bash", str(REPO / "scripts" / "build-guest"), str(d), "sl7", "el8", "el9", "sl7v2"], check=True)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 

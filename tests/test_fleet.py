@@ -215,6 +215,8 @@ def test_a_thousand_nodes_never_exceed_the_batch_bound(site: Site, tmp_path: Pat
             "--command",
             f"{track} %h {wnodes_cmd()}",
             env=site.env(),
+            # 1000 real wnodes processes, ~0.1 s of CPU each, on 2 cores: ~70 s alone.
+            timeout=900,
         )
         assert r.code == 0, r.err[-2000:]
         out = json.loads(r.out)

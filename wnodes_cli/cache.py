@@ -413,7 +413,9 @@ class ImageCache:
         even if an admin flips the symlink while it runs."""
         target = os.path.realpath(img.master)
         try:
-            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO (or a device) posing as a master must fail here,
+            # not block the prolog forever; it is cleared once we know it is a file.
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise MasterUnavailable(
                 f"master of image {img.name!r} is missing: {img.master} -> {target}; "
@@ -426,7 +428,10 @@ class ImageCache:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise MasterUnavailable(f"master of image {img.name!r} ({target}) is not a regular file")
+            raise MasterUnavailable(
+                f"master of image {img.name!r} ({target}) is not a regular file; point {img.master} at an image file"
+            )
+        os.set_blocking(fd, True)
         return fd, MasterVersion(target, st.st_size, st.st_mtime_ns)
 
     def _fetch_locked(self, img: Image) -> tuple[Path, int]:
