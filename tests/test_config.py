@@ -70,7 +70,7 @@ def write(site: Site, text: str) -> None:
         ("images: {'../etc': {master: /x}}\n", "images.../etc: image names are"),
         ("images: {}\n", "images: wanted a mapping"),
         ("images: [sl7]\n", "images: wanted a mapping"),
-        ("- just\n- a list\n", "wanted a mapping, got list"),
+        ("- just\n- a list\n", "must be a mapping of keys (cache_dir, images, ...), not a list"),
         ("images: {sl7: {master: /x}\n", "fix the YAML syntax"),
     ],
 )

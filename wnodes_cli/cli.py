@@ -401,8 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(rv) if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:
+        # One line, like every other error: a prolog's stderr is one syslog record.
+        where = f"wnodes {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else "wnodes"
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        sys.stderr.write(f"wnodes: error: {message}; see '{where} --help'\n")
+        return int(ExitCode.USAGE)
     except click.ClickException as exc:
-        exc.show()
+        sys.stderr.write(f"wnodes: error: {exc.format_message()}\n")
         return int(ExitCode.USAGE)
     except click.exceptions.Abort:
         return 130

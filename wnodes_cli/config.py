@@ -326,6 +326,11 @@ class _Validator:
     def config(self, data: object) -> Config:
         if data is None:
             data = {}
+        if not isinstance(data, dict):
+            # Nothing else can be checked; one clear line beats a cascade.
+            raise ConfigError(
+                f"{self.path}: the file must be a mapping of keys (cache_dir, images, ...), not a {_kind(data)}"
+            )
         top = self.mapping(data, "", self.TOP_KEYS)
         cache_dir = self.abs_path(top.get("cache_dir", "/var/lib/wnodes/cache"), "cache_dir")
         hostgroups = self.hostgroups(top.get("hostgroups", {}))
