@@ -171,7 +171,7 @@ facts = st.builds(
     fqan=st.lists(HOSTILE, max_size=2).map(tuple),
     env=st.dictionaries(
         st.sampled_from(["GRID_VO", "WNODES_IMAGE", "OTHER"]),
-        st.one_of(HOSTILE, st.sampled_from(IMAGES + ["../el9", "el9 "])),
+        st.one_of(HOSTILE, st.sampled_from([*IMAGES, "../el9", "el9 "])),
         max_size=3,
     ),
 )
