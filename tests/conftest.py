@@ -218,7 +218,9 @@ class VMSite(Site):
     uri: str
     prefix: str
 
-    def guest_image(self, name: str, identity: str, version: str = "v1", hold: int | None = None, **extra: Any) -> Path:
+    def guest_image(
+        self, name: str, identity: str, version: str = "v1", hold: int | None = None, agent: bool = False, **extra: Any
+    ) -> Path:
         """Publish the guest disk `identity` as version `version` of image `name`."""
         import shutil
 
@@ -227,6 +229,9 @@ class VMSite(Site):
         target.chmod(0o644)
         self.point(name, target)
         cmdline = "console=ttyS0 panic=-1 loglevel=3" + (f" wnodes.hold={hold}" if hold else "")
+        if agent:  # stays up, with qemu-guest-agent and the job's virtiofs share, for wnodes exec
+            cmdline += " wnodes.agent=1"
+            extra = {"guest_agent": True, "virtiofs": True, **extra}
         self.images[name] = {
             "master": str(self.shared / f"{name}.qcow2"),
             "format": "qcow2",

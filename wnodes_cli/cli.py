@@ -230,6 +230,39 @@ def epilog_cmd(opts: Options, /, as_json: bool, **flags: Any) -> None:
     vm.epilog(opts.config(), facts_from(**flags), as_json)
 
 
+@cli.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--job", "job_id", metavar="ID", help="The job whose VM runs the command (default: from the LRMS).")
+@click.option("--workdir", metavar="DIR", help="Working directory in the guest (created; default /tmp).")
+@click.option("--env-file", type=click.Path(dir_okay=False), help="NAME=VALUE lines for the payload's environment.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the VM's guest agent; then exit 76 (requeue).",
+)
+@click.option("--for-caller", is_flag=True, help="For a sudo rule: the job must be the sudo caller's.")
+@click.option("--script", is_flag=True, help="COMMAND is a script on the host: carry it into the guest and run it.")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS]...")
+@pass_options
+def exec_cmd(
+    opts: Options,
+    /,
+    job_id: str | None,
+    workdir: str | None,
+    env_file: str | None,
+    wait_timeout: float,
+    for_caller: bool,
+    script: bool,
+    argv: tuple[str, ...],
+) -> int:
+    """Run COMMAND inside the job's VM; its output streams back and its exit status is wnodes'."""
+    from wnodes_cli.commands import vm
+
+    return vm.exec_(opts.config(), job_id, list(argv), workdir, env_file, wait_timeout, for_caller, script)
+
+
 @cli.command("ps")
 @json_option
 @pass_options

@@ -90,6 +90,8 @@ class Image(NamedTuple):
     kernel: Path | None = None  # direct kernel boot; else the image's own bootloader
     initrd: Path | None = None
     cmdline: str | None = None
+    guest_agent: bool = False  # the domain gets the org.qemu.guest_agent.0 channel (wnodes exec)
+    virtiofs: bool = False  # the job's run/<job>/share is shared into the guest (streamed exec output)
 
 
 DomainType = Literal["auto", "kvm", "qemu"]
@@ -300,7 +302,9 @@ class _Validator:
             "console_keep_days",
         }
     )
-    IMAGE_KEYS = frozenset({"master", "format", "refresh", "vcpus", "memory_mb", "kernel", "initrd", "cmdline"})
+    IMAGE_KEYS = frozenset(
+        {"master", "format", "refresh", "vcpus", "memory_mb", "kernel", "initrd", "cmdline", "guest_agent", "virtiofs"}
+    )
     LIBVIRT_KEYS = frozenset({"uri", "domain_type", "network", "template", "start_timeout"})
     RULE_KEYS = frozenset({"match", "image", "image_from_env", "allow"})
     MATCH_KEYS = frozenset(STRING_FACTS) | frozenset(INT_FACTS) | {"hostgroup", "env"}
@@ -369,6 +373,12 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.bad(key, f"wanted a whole number from {low} to {high}, got {_kind(value)}")
             return low
+        return value
+
+    def flag(self, value: object, key: str) -> bool:
+        if not isinstance(value, bool):
+            self.bad(key, f"wanted true or false, got {_kind(value)}")
+            return False
         return value
 
     def text(self, value: object, key: str) -> str | None:
@@ -487,6 +497,8 @@ class _Validator:
                 kernel=self.abs_path(fields["kernel"], f"{key}.kernel") if "kernel" in fields else None,
                 initrd=self.abs_path(fields["initrd"], f"{key}.initrd") if "initrd" in fields else None,
                 cmdline=self.text(fields.get("cmdline"), f"{key}.cmdline"),
+                guest_agent=self.flag(fields.get("guest_agent", False), f"{key}.guest_agent"),
+                virtiofs=self.flag(fields.get("virtiofs", False), f"{key}.virtiofs"),
                 format=fmt,
                 refresh=refresh,
             )

@@ -101,7 +101,7 @@ def _drop(parent: ET.Element, tag: str) -> None:
         parent.remove(el)
 
 
-def build(config: Config, img: Image, lease: Lease, console: Path, domain_type: str) -> str:
+def build(config: Config, img: Image, lease: Lease, console: Path, domain_type: str, share: Path | None = None) -> str:
     root = _template(config)
     root.set("type", domain_type)
     _set(root, "name", domain_name(lease.job))
@@ -142,6 +142,21 @@ def build(config: Config, img: Image, lease: Lease, console: Path, domain_type: 
     serial = ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(serial, "log", file=str(console), append="off")
     ET.SubElement(serial, "target", port="0")
+    if img.guest_agent:
+        channel = ET.SubElement(devices, "channel", type="unix")
+        ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
+    if img.virtiofs and share is not None:
+        # virtiofs needs the guest's memory shared with virtiofsd.
+        _drop(root, "memoryBacking")
+        backing = ET.Element("memoryBacking")
+        ET.SubElement(backing, "source", type="memfd")
+        ET.SubElement(backing, "access", mode="shared")
+        root.insert(list(root).index(root.find("vcpu")) + 1, backing)  # type: ignore[arg-type]
+        fs = ET.SubElement(devices, "filesystem", type="mount", accessmode="passthrough")
+        ET.SubElement(fs, "driver", type="virtiofs")
+        ET.SubElement(fs, "binary", path="/usr/lib/qemu/virtiofsd")
+        ET.SubElement(fs, "source", dir=str(share))
+        ET.SubElement(fs, "target", dir="wnodes-job")
     if config.libvirt.network and devices.find("interface") is None:
         iface = ET.SubElement(devices, "interface", type="network")
         ET.SubElement(iface, "source", network=config.libvirt.network)

@@ -27,6 +27,7 @@ class ExitCode(enum.IntEnum):
     NOSPACE = 73  # EX_CANTCREAT: not enough space in the cache (node-level)
     IO = 74  # EX_IOERR: copy failed, corrupt or inconsistent data (node-level)
     TEMPFAIL = 75  # EX_TEMPFAIL: timed out waiting; try again (requeue)
+    VMDOWN = 76  # EX_PROTOCOL: wnodes exec: the job's VM or its guest agent never came up (requeue)
     NOPERM = 77  # EX_NOPERM: an unsafe cache directory (symlink, writable by others) (node-level)
     CONFIG = 78  # EX_CONFIG: the site config is invalid or unsafe
 
@@ -39,6 +40,7 @@ EXIT_CLASS: dict[ExitCode, str] = {
     ExitCode.JOB: "job",
     ExitCode.NOINPUT: "job",
     ExitCode.TEMPFAIL: "temporary",
+    ExitCode.VMDOWN: "temporary",
     ExitCode.UNAVAILABLE: "node",
     ExitCode.SOFTWARE: "node",
     ExitCode.TOOL: "node",
@@ -115,6 +117,12 @@ class RolloutFailed(WnodesError):
     """Some nodes of a fleet operation failed or were unreachable."""
 
     exit_code = ExitCode.UNAVAILABLE
+
+
+class VMDown(WnodesError):
+    """The job's VM, or its guest agent, did not come up (or went away)."""
+
+    exit_code = ExitCode.VMDOWN
 
 
 class UnsafePath(WnodesError):

@@ -38,6 +38,14 @@ def check_job_id(job: str | None) -> str:
     return job
 
 
+def sudo_caller(env: Mapping[str, str]) -> int:
+    """The uid of the user who ran wnodes through sudo (--for-caller)."""
+    raw = env.get("SUDO_UID", "")
+    if os.geteuid() != 0 or not raw.isdigit():
+        raise JobError("--for-caller is for a sudo rule: run it through sudo as the job's user")
+    return int(raw)
+
+
 def for_caller(facts: JobFacts, env: Mapping[str, str]) -> JobFacts:
     """Facts of a job run through sudo by its own user (an HTCondor job wrapper).
 
@@ -46,10 +54,7 @@ def for_caller(facts: JobFacts, env: Mapping[str, str]) -> JobFacts:
     $SUDO_UID. Its id gets the caller's uid as a prefix, so that a user who
     edits their own job ad cannot claim another user's job id.
     """
-    raw = env.get("SUDO_UID", "")
-    if os.geteuid() != 0 or not raw.isdigit():
-        raise JobError("--for-caller is for a sudo rule: run it through sudo as the job's user")
-    caller = int(raw)
+    caller = sudo_caller(env)
     facts = facts.with_names()
     if facts.uid != caller:
         raise JobError(

@@ -99,6 +99,29 @@ def virsh_state(uri: str, name: str) -> str | None:
     return None if out is None else out.strip()
 
 
+def agent(uri: str, name: str, command: str, arguments: dict[str, object] | None = None, timeout: int = 10) -> object:
+    """One QEMU guest agent command through libvirt; None when the agent does not answer (yet)."""
+    import json
+
+    payload = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})})
+    out = _run(
+        "virsh",
+        "-q",
+        "-c",
+        uri,
+        "qemu-agent-command",
+        name,
+        payload,
+        "--timeout",
+        str(timeout),
+        timeout=timeout + 10,
+        missing_ok=("not responding", "not connected", "not configured", "Guest agent is not", *_NO_DOMAIN),
+    )
+    if out is None:
+        return None
+    return json.loads(out).get("return")
+
+
 def virsh_domains(uri: str) -> dict[str, str]:
     """Every domain libvirt knows, name -> state, in one call."""
     out = _run("virsh", "-q", "-c", uri, "list", "--all") or ""

@@ -26,6 +26,7 @@ log = logging.getLogger("wnodes")
 
 OVERLAY = "disk.qcow2"
 CONSOLE = "console.log"
+SHARE = "share"  # shared into the guest with virtiofs (tag wnodes-job): exec's output
 
 
 class Snapshot(NamedTuple):
@@ -152,8 +153,11 @@ class Node:
         img = self.config.image(lease.image)
         job_dir = self.leases.job_dir(job)
         console = job_dir / CONSOLE
+        share = job_dir / SHARE
+        if img.virtiofs:
+            os.makedirs(share, mode=0o755, exist_ok=True)
         dtype = domain.resolve_type(self.config)
-        xml = domain.build(self.config, img, lease, console, dtype)
+        xml = domain.build(self.config, img, lease, console, dtype, share if img.virtiofs else None)
         with contextlib.suppress(OSError):
             (job_dir / "domain.xml").write_text(xml)  # for the admin; the domain is transient
         tools.virsh_create(self.uri, xml, timeout=self.config.libvirt.start_timeout)

@@ -88,6 +88,34 @@ def epilog(config: Config, facts: JobFacts, as_json: bool) -> Stopped:
     return stop(config, check_job_id(facts.job_id), as_json)
 
 
+def exec_(
+    config: Config,
+    job: str | None,
+    argv: list[str],
+    workdir: str | None,
+    env_file: str | None,
+    wait_timeout: float,
+    for_caller: bool,
+    script: bool = False,
+) -> int:
+    import os
+
+    from wnodes_cli.errors import UsageError
+    from wnodes_cli.execute import exec_in_vm, read_env_file
+    from wnodes_cli.jobinfo import from_environment
+    from wnodes_cli.jobs import sudo_caller
+
+    caller = sudo_caller(os.environ) if for_caller else None
+    if job is None:
+        if caller is not None:
+            raise UsageError("--for-caller needs --job ID")
+        job = from_environment(dict(os.environ)).job_id
+        if job is None:
+            raise UsageError("no job: pass --job ID (or run inside the LRMS job)")
+    env = read_env_file(env_file, caller) if env_file else []
+    return exec_in_vm(Node(config), job, argv, workdir, env, wait_timeout, caller, script)
+
+
 def ps(config: Config, as_json: bool) -> None:
     rows = _node(config).ps()
     if as_json:
