@@ -11,6 +11,8 @@ Benchmarks (see docs/performance.md for targets and the latest figures):
 * warm_prolog  a prolog on a cached image, up to the domain running, vs
                `wnodes --version` + `qemu-img create` + `virsh create` of the same XML
 * snapshot     `wnodes snapshot` of a 1 GiB and a 64 GiB (virtual size) image
+* exec         `wnodes exec -- true` in a running VM whose agent is up, next to one raw
+               guest-exec + guest-exec-status round trip through virsh
 
 Runs are interleaved (floor, wnodes, floor, wnodes, ...) and the median is
 taken, so that a noisy disk hurts both sides alike. Work files go under
@@ -298,6 +300,51 @@ class Bench:
         one, big = statistics.median(times[1]), statistics.median(times[64])
         return {"1g_s": one, "64g_s": big, "ratio": big / one, "target": "within 10% of each other"}
 
+    def exec(self) -> dict[str, object]:
+        guest = self._guest()
+        target = self.shared / "benchvm-v1.qcow2"
+        shutil.copyfile(guest / "benchvm.qcow2", target)
+        link = self.shared / "benchvm.qcow2"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.name)
+        self.config.write_text(
+            f"cache_dir: {self.cache}\nlibvirt: {{domain_type: qemu}}\ndefault_image: benchvm\nimages:\n"
+            f"  benchvm: {{master: {link}, memory_mb: 192, kernel: {guest}/vmlinuz, initrd: {guest}/initrd.img, "
+            f"cmdline: 'console=ttyS0 panic=-1 wnodes.agent=1', guest_agent: true, virtiofs: true}}\n"
+        )
+        self.config.chmod(0o644)
+        job = f"benchx-{os.getpid()}"
+        subprocess.run([*WNODES, "prolog", "--job", job], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        try:
+            subprocess.run([*WNODES, "exec", "--job", job, "--", "true"], env=self.env, check=True)  # agent up
+            virsh = ["virsh", "-q", "-c", "qemu:///system", "qemu-agent-command", f"wnodes-{job}"]
+            ours, raw = [], []
+            for _ in range(max(self.repeat, 3) * 5):
+                ours.append(timed([*WNODES, "exec", "--job", job, "--", "true"], env=self.env))
+                start = time.perf_counter()
+                out = subprocess.run(
+                    [*virsh, '{"execute":"guest-exec","arguments":{"path":"/bin/true"}}'],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                pid = json.loads(out)["return"]["pid"]
+                subprocess.run(
+                    [*virsh, json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}})],
+                    capture_output=True,
+                    check=True,
+                )
+                raw.append(time.perf_counter() - start)
+        finally:
+            subprocess.run([*WNODES, "epilog", "--job", job], env=self.env, stdout=subprocess.DEVNULL)
+        m = statistics.median
+        return {
+            "wnodes_exec_true_s": m(ours),
+            "max_s": max(ours),
+            "raw_agent_round_trip_s": m(raw),
+            "target": "<= 0.3 s added to a trivial payload",
+        }
+
 
 def make_dense(path: Path, size: int = GiB) -> None:
     rng = random.Random(1)
@@ -316,7 +363,7 @@ def make_sparse(path: Path) -> None:
             fh.write(rng.randbytes(MiB))
 
 
-ALL = ["cold_dense", "sparse", "concurrent", "hit", "warm_prolog", "snapshot"]
+ALL = ["cold_dense", "sparse", "concurrent", "hit", "warm_prolog", "snapshot", "exec"]
 
 
 def main() -> int:

@@ -35,7 +35,8 @@ from wnodes_cli.jobs import Lease, check_job_id, domain_name
 from wnodes_cli.vm import SHARE, Node
 
 POLL = 0.05  # how often the output files are read
-STATUS_EVERY = 0.2  # how often the agent is asked whether the payload ended
+STATUS_FIRST = 0.01  # the first wait before asking the agent whether the payload ended
+STATUS_EVERY = 0.2  # and the longest, after backing off
 KILL_GRACE = 10.0  # after forwarding SIGTERM, how long before SIGKILL
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
@@ -200,7 +201,8 @@ class GuestRun:
         if tag is not None:
             files = {self.share / f"{tag}.out": sys.stdout.buffer, self.share / f"{tag}.err": sys.stderr.buffer}
         offsets = dict.fromkeys(files, 0)
-        last_status = 0.0
+        next_status = time.monotonic()
+        interval = STATUS_FIRST  # short payloads end within a round trip or two: ask often, then back off
         forwarded_at: float | None = None
         st: dict[str, Any] = {}
         try:
@@ -213,13 +215,14 @@ class GuestRun:
                     self._kill(pid, "KILL")
                     forwarded_at = float("inf")
                 now = time.monotonic()
-                if now - last_status >= STATUS_EVERY:
-                    last_status = now
+                if now >= next_status:
                     st = self.status(pid)
                     if st.get("exited"):
                         self._drain(files, offsets)
                         return st
-                time.sleep(POLL)
+                    interval = min(interval * 2, STATUS_EVERY)
+                    next_status = time.monotonic() + interval
+                time.sleep(max(0.0, min(POLL, next_status - time.monotonic())))
         finally:
             for path in files:
                 path.unlink(missing_ok=True)
