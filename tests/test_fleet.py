@@ -8,6 +8,7 @@ worker, each with its own cache directory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -234,3 +235,29 @@ def test_a_thousand_nodes_never_exceed_the_batch_bound(site: Site, tmp_path: Pat
         assert all((root / "nodes" / n / "cache" / "locks").is_dir() for n in names), "each node's own cache"
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_pause_spaces_the_batches(site: Site, tmp_path: Path) -> None:
+    log = tmp_path / "starts"
+    cmd = f"sh -c 'date +%%s%%N >> {log}; true' %h"
+    r = site.run(
+        "fleet",
+        "invalidate",
+        "sl7",
+        "--nodes",
+        "n[1-3]",
+        "--worker",
+        "exec",
+        "--batch",
+        "1",
+        "--pause",
+        "0.5",
+        "--command",
+        cmd,
+    )
+    assert r.code == 0, r.err
+    starts = sorted(int(t) for t in log.read_text().split())
+    gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(starts)]
+    assert len(starts) == 3 and all(g >= 0.5 for g in gaps), gaps
+    bad = site.run("fleet", "invalidate", "sl7", "--nodes", "n1", "--worker", "exec", "--command", "echo %s")
+    assert bad.code == 64 and "cannot run" in bad.err

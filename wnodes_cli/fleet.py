@@ -106,6 +106,7 @@ def rollout(
 ) -> Rollout:
     from ClusterShell.NodeSet import NodeSet
     from ClusterShell.Task import task_self
+    from ClusterShell.Worker.Worker import WorkerError
 
     batches = plan(nodes, batch)
     cmd = remote_command(action, image, command)
@@ -122,8 +123,11 @@ def rollout(
         if stopped:
             results += [NodeResult(n, "skipped", None, "not run: --max-failures reached", i) for n in part]
             continue
-        task.shell(cmd, nodes=str(part), timeout=timeout, stdin=False)
-        task.resume()  # runs this batch to completion; it also clears the last batch's results
+        try:
+            task.shell(cmd, nodes=str(part), timeout=timeout, stdin=False)
+            task.resume()  # runs this batch to completion; it also clears the last batch's results
+        except WorkerError as exc:
+            raise UsageError(f"--command {command!r} cannot run: {exc} (with --worker exec, %h is the node)") from None
         done = _collect(task, part, i, worker)
         results += done
         if on_batch:
