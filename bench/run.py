@@ -222,6 +222,15 @@ class Bench:
         subprocess.run(["bash", str(repo / "scripts" / "build-guest"), str(guest), "benchvm"], check=True)
         return guest
 
+    def _publish_benchvm(self, guest: Path) -> Path:
+        """The bench guest's disk as the master of image benchvm; the master symlink."""
+        target = self.shared / "benchvm-v1.qcow2"
+        shutil.copyfile(guest / "benchvm.qcow2", target)
+        link = self.shared / "benchvm.qcow2"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.name)
+        return link
+
     def _vm_config(self, guest: Path, images: dict[str, str]) -> None:
         lines = [f"cache_dir: {self.cache}", "libvirt: {uri: 'qemu:///system', domain_type: qemu}", "images:"]
         for name, master in images.items():
@@ -235,11 +244,7 @@ class Bench:
 
     def warm_prolog(self) -> dict[str, object]:
         guest = self._guest()
-        target = self.shared / "benchvm-v1.qcow2"
-        shutil.copyfile(guest / "benchvm.qcow2", target)
-        link = self.shared / "benchvm.qcow2"
-        link.unlink(missing_ok=True)
-        link.symlink_to(target.name)
+        link = self._publish_benchvm(guest)
         self._vm_config(guest, {"benchvm": str(link)})
         base = self.fetch("benchvm")["path"]
         uri = ["virsh", "-q", "-c", "qemu:///system"]
@@ -302,11 +307,7 @@ class Bench:
 
     def exec(self) -> dict[str, object]:
         guest = self._guest()
-        target = self.shared / "benchvm-v1.qcow2"
-        shutil.copyfile(guest / "benchvm.qcow2", target)
-        link = self.shared / "benchvm.qcow2"
-        link.unlink(missing_ok=True)
-        link.symlink_to(target.name)
+        link = self._publish_benchvm(guest)
         self.config.write_text(
             f"cache_dir: {self.cache}\nlibvirt: {{domain_type: qemu}}\ndefault_image: benchvm\nimages:\n"
             f"  benchvm: {{master: {link}, memory_mb: 192, kernel: {guest}/vmlinuz, initrd: {guest}/initrd.img, "

@@ -19,6 +19,7 @@ from wnodes_cli import __version__
 
 if TYPE_CHECKING:
     from wnodes_cli.config import Config
+    from wnodes_cli.fleet import Action
     from wnodes_cli.jobinfo import JobFacts
 
 
@@ -341,14 +342,11 @@ def fleet_options(f: F) -> F:
     return f
 
 
-@fleet_group.command("invalidate")
-@fleet_options
-def fleet_invalidate_cmd(image: str, nodes: str, **kw: Any) -> None:
-    """Invalidate IMAGE's cached copy on NODESET, batch by batch."""
+def _fleet(action: Action, image: str, nodes: str, kw: dict[str, Any]) -> None:
     from wnodes_cli.commands import fleet
 
     fleet.fleet(
-        "invalidate",
+        action,
         image,
         nodes,
         kw["batch"],
@@ -361,28 +359,20 @@ def fleet_invalidate_cmd(image: str, nodes: str, **kw: Any) -> None:
         kw["ssh_options"],
         kw["as_json"],
     )
+
+
+@fleet_group.command("invalidate")
+@fleet_options
+def fleet_invalidate_cmd(image: str, nodes: str, **kw: Any) -> None:
+    """Invalidate IMAGE's cached copy on NODESET, batch by batch."""
+    _fleet("invalidate", image, nodes, kw)
 
 
 @fleet_group.command("prefetch")
 @fleet_options
 def fleet_prefetch_cmd(image: str, nodes: str, **kw: Any) -> None:
     """Fetch IMAGE into the cache of NODESET, batch by batch."""
-    from wnodes_cli.commands import fleet
-
-    fleet.fleet(
-        "prefetch",
-        image,
-        nodes,
-        kw["batch"],
-        kw["pause"],
-        kw["max_failures"],
-        kw["dry_run"],
-        kw["remote"],
-        kw["worker"],
-        kw["timeout"],
-        kw["ssh_options"],
-        kw["as_json"],
-    )
+    _fleet("prefetch", image, nodes, kw)
 
 
 @cli.group("cache")
