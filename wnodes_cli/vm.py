@@ -224,13 +224,6 @@ class Node:
             os.makedirs(self.leases.consoles_dir, mode=0o755, exist_ok=True)
             os.replace(console, self.leases.kept_console(job))
 
-    def console_text(self, job: str) -> str:
-        """The job's console log, while it runs or after it was kept."""
-        for path in (self.leases.job_dir(job) / CONSOLE, self.leases.kept_console(job)):
-            with contextlib.suppress(OSError):
-                return path.read_text(errors="replace")
-        return ""
-
     def forget_consoles(self) -> list[str]:
         """Remove kept console logs older than ``console_keep_days``."""
         gone = []
